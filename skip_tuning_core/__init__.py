@@ -6,6 +6,8 @@ Imports torch only, never a host (ComfyUI, A1111, Forge), so every adapter and t
 from .hooks import SkipScalingHooks
 from .patch import CONTROL_OUTPUTS_KEY, control_snapshot_wrapper, make_output_block_patch
 from .schedule import (
+    DEFAULT_RHO_BOTTOM,
+    DEFAULT_RHO_TOP,
     RHO_MAX,
     RHO_MIN,
     SkipTuningError,
@@ -19,6 +21,8 @@ from .unet import count_long_skips, skip_channel_plan
 
 __all__ = [
     "CONTROL_OUTPUTS_KEY",
+    "DEFAULT_RHO_BOTTOM",
+    "DEFAULT_RHO_TOP",
     "RHO_MAX",
     "RHO_MIN",
     "SkipScalingHooks",

@@ -8,7 +8,8 @@ any plain ``UNetModel`` driven outside a host): the block input is
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import torch
 
@@ -44,7 +45,7 @@ class SkipScalingHooks:
     def installed(self) -> bool:
         return bool(self.handles)
 
-    def install(self) -> "SkipScalingHooks":
+    def install(self) -> SkipScalingHooks:
         if not self.handles:
             for index, block in enumerate(self.output_blocks):
                 if self.rhos[index] != 1.0:
@@ -55,7 +56,7 @@ class SkipScalingHooks:
         while self.handles:
             self.handles.pop().remove()
 
-    def __enter__(self) -> "SkipScalingHooks":
+    def __enter__(self) -> SkipScalingHooks:
         return self.install()
 
     def __exit__(self, *exc_info) -> None:

@@ -7,10 +7,14 @@ skip) multiplies its skip by ``rho_bottom + (rho_top - rho_bottom) * i / (n - 1)
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 RHO_MIN = 0.0
 RHO_MAX = 2.0
+
+# Defaults every host shows (ComfyUI node, A1111/Forge script): one place to change them.
+DEFAULT_RHO_BOTTOM = 0.8
+DEFAULT_RHO_TOP = 1.0
 
 
 class SkipTuningError(ValueError):
@@ -36,6 +40,8 @@ def validate_percent_window(start_percent: float, end_percent: float) -> tuple[f
     """Check the part of sampling (0 = first step, 1 = last) where tuning is active."""
     bounds = []
     for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
+        if isinstance(value, bool):
+            raise SkipTuningError(f"{name} must be a number, got {value!r}")
         try:
             percent = float(value)
         except (TypeError, ValueError):
@@ -51,25 +57,30 @@ def validate_percent_window(start_percent: float, end_percent: float) -> tuple[f
 
 def rho_schedule(n_skips: int, rho_bottom: float, rho_top: float = 1.0) -> tuple[float, ...]:
     """The per-block factors, index 0 = deepest skip; one skip uses rho_bottom."""
-    if not isinstance(n_skips, int) or n_skips < 1:
+    if isinstance(n_skips, bool) or not isinstance(n_skips, int) or n_skips < 1:
         raise SkipTuningError(f"the model must have at least one long skip, got {n_skips!r}")
     bottom = validate_rho(rho_bottom, "rho_bottom")
     top = validate_rho(rho_top, "rho_top")
     if n_skips == 1:
         return (bottom,)
-    return tuple(bottom + (top - bottom) * i / (n_skips - 1) for i in range(n_skips))
+    last = n_skips - 1
+    # The top skip gets rho_top exactly (the sum can be one ulp off), so rho_top = 1 leaves it untouched.
+    return tuple(bottom + (top - bottom) * i / last if i < last else top for i in range(n_skips))
 
 
-def parse_rho_list(text: str) -> tuple[float, ...]:
+def parse_rho_list(text: str, name: str = "rho_per_skip") -> tuple[float, ...]:
     """Parse "0.8, 0.85, 1" into floats; an empty string gives an empty tuple."""
     if not isinstance(text, str):
-        raise SkipTuningError(f"expected a comma-separated list of numbers, got {text!r}")
-    items = [item.strip() for item in text.replace(";", ",").split(",")]
+        raise SkipTuningError(f"{name} must be a comma-separated list of numbers, got {text!r}")
+    body = text.strip()
+    if len(body) >= 2 and (body[0], body[-1]) in (("[", "]"), ("(", ")")):
+        body = body[1:-1]  # a pasted Python/JSON list
+    items = [item.strip() for item in body.replace(";", ",").split(",")]
     if items == [""]:
         return ()
     if "" in items:
-        raise SkipTuningError(f"empty entry in the list {text!r}")
-    return tuple(validate_rho(item, f"entry {k + 1} of {text!r}") for k, item in enumerate(items))
+        raise SkipTuningError(f"{name} has an empty entry: {text!r}")
+    return tuple(validate_rho(item, f"{name} entry {k + 1}") for k, item in enumerate(items))
 
 
 def resolve_rhos(
@@ -78,9 +89,14 @@ def resolve_rhos(
     rho_top: float = 1.0,
     rho_per_skip: str | Sequence[float] = "",
 ) -> tuple[float, ...]:
-    """The factors a model with ``n_skips`` skips gets: an explicit list, else the schedule."""
+    """The factors a model with ``n_skips`` skips gets: an explicit list, else the schedule.
+
+    rho_bottom and rho_top are validated even when the list overrides them.
+    """
+    validate_rho(rho_bottom, "rho_bottom")
+    validate_rho(rho_top, "rho_top")
     explicit = parse_rho_list(rho_per_skip) if isinstance(rho_per_skip, str) else tuple(
-        validate_rho(value, f"entry {k + 1} of rho_per_skip") for k, value in enumerate(rho_per_skip)
+        validate_rho(value, f"rho_per_skip entry {k + 1}") for k, value in enumerate(rho_per_skip)
     )
     if not explicit:
         return rho_schedule(n_skips, rho_bottom, rho_top)

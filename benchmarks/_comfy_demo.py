@@ -1,0 +1,143 @@
+"""The bundled demo model inside ComfyUI, sampled by comfy.sample.sample (what KSampler runs).
+
+Builds ComfyUI's own UNetModel with the demo layout in a BaseModel (EPS, SD's discrete
+scaled-linear schedule, latent scale 1), loads the shipped weights, and applies Skip Tuning
+through the repository's ComfyUI node, imported the way ComfyUI imports a node pack.
+Needs a ComfyUI checkout ($COMFYUI_PATH or ~/ComfyUI); see _common.import_comfy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import torch
+from _common import REPO_ROOT, import_comfy
+
+PACK_MODULE = "skip_tuning_benchmark_pack"
+
+# diffusers scheduler name in skip_tuning_demo.sampling -> ComfyUI sampler name
+COMFY_SAMPLERS = {
+    "euler": "euler",
+    "euler_a": "euler_ancestral",
+    "heun": "heun",
+    "dpmpp_2m": "dpmpp_2m",
+    "dpmpp_2m_sde": "dpmpp_2m_sde",
+    "unipc": "uni_pc",
+    "ddim": "ddim",
+    "lms": "lms",
+}
+
+
+def load_node_pack():
+    """The repository as ComfyUI loads a custom node pack (a package named after its folder)."""
+    if PACK_MODULE in sys.modules:
+        return sys.modules[PACK_MODULE]
+    spec = importlib.util.spec_from_file_location(
+        PACK_MODULE, os.path.join(REPO_ROOT, "__init__.py"), submodule_search_locations=[REPO_ROOT]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def comfy_unet_config(unet_kwargs: dict) -> dict:
+    """ldm UNetModel kwargs of the demo model -> ComfyUI UNetModel kwargs (per-block depths)."""
+    levels = len(unet_kwargs["channel_mult"])
+    res_blocks = int(unet_kwargs["num_res_blocks"])
+    depth = int(unet_kwargs.get("transformer_depth", 1))
+    attention_levels = {level for level in range(levels) if 2**level in set(unet_kwargs["attention_resolutions"])}
+    per_input = [depth if level in attention_levels else 0 for level in range(levels) for _ in range(res_blocks)]
+    # ComfyUI pops transformer_depth_output from the end: listed from the top level down to the deepest.
+    per_output = [depth if level in attention_levels else 0 for level in range(levels) for _ in range(res_blocks + 1)]
+    return {
+        "image_size": unet_kwargs["image_size"],
+        "in_channels": unet_kwargs["in_channels"],
+        "out_channels": unet_kwargs["out_channels"],
+        "model_channels": unet_kwargs["model_channels"],
+        "num_res_blocks": [res_blocks] * levels,
+        "channel_mult": list(unet_kwargs["channel_mult"]),
+        "transformer_depth": per_input,
+        "transformer_depth_output": per_output,
+        "transformer_depth_middle": depth,
+        "num_heads": int(unet_kwargs.get("num_heads", -1)),
+        "num_head_channels": int(unet_kwargs.get("num_head_channels", -1)),
+        "context_dim": unet_kwargs["context_dim"],
+        "use_spatial_transformer": True,
+        "use_linear_in_transformer": bool(unet_kwargs.get("use_linear_in_transformer", False)),
+        "legacy": bool(unet_kwargs.get("legacy", False)),
+        "adm_in_channels": None,
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+        "dtype": torch.float32,
+    }
+
+
+def load_demo_in_comfy():
+    """(ModelPatcher of the demo model, class context table [11, L, D], config)."""
+    if not import_comfy():
+        raise RuntimeError("no ComfyUI checkout found (set COMFYUI_PATH)")
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models_base
+
+    from skip_tuning_demo.model import load_demo_model
+
+    ldm_unet, table, config = load_demo_model()
+
+    class DemoFashionUNet(comfy.supported_models_base.BASE):
+        unet_extra_config = {}
+        supported_inference_dtypes = [torch.float32]
+
+    model_config = DemoFashionUNet(comfy_unet_config(config["unet_kwargs"]))
+    base = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.EPS)
+    missing, unexpected = base.diffusion_model.load_state_dict(ldm_unet.state_dict(), strict=True)
+    assert not missing and not unexpected
+    base.eval()
+    schedule = base.model_sampling
+    expected_last = 1.0 - config["schedule"]["beta_end"]  # last alpha of the scaled-linear schedule
+    alphas_cumprod = 1.0 / (1.0 + schedule.sigmas.double() ** 2)
+    if abs(float(alphas_cumprod[-1] / alphas_cumprod[-2]) - expected_last) > 1e-4:
+        raise RuntimeError("ComfyUI's discrete schedule does not match the demo model's")
+    patcher = comfy.model_patcher.ModelPatcher(
+        base, load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
+    return patcher, ldm_unet, table, config
+
+
+def skip_tuned(patcher, rho_bottom: float, rho_top: float = 1.0):
+    """The patcher as the Skip Tuning node returns it (plain when rho_bottom == rho_top == 1)."""
+    if rho_bottom == 1.0 and rho_top == 1.0:
+        return patcher
+    pack = load_node_pack()
+    node = pack.NODE_CLASS_MAPPINGS["SkipTuning"]()
+    return node.patch(patcher, rho_bottom, rho_top)[0]
+
+
+@torch.no_grad()
+def comfy_sample_latents(patcher, table, labels, sampler: str, steps: int, cfg: float, noise: torch.Tensor,
+                         seed: int, scheduler: str = "normal") -> torch.Tensor:
+    """Latents for ``labels`` from comfy.sample.sample, one call per class (conditioning is per batch)."""
+    import comfy.sample
+
+    from skip_tuning_demo.model import NULL_INDEX
+
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    out = torch.empty_like(noise)
+    for cls in torch.unique(labels).tolist():
+        index = (labels == cls).nonzero().flatten()
+        positive = [[table[cls].unsqueeze(0).clone(), {}]]
+        negative = [[table[NULL_INDEX].unsqueeze(0).clone(), {}]]
+        batch_noise = noise[index].contiguous()
+        latent = torch.zeros_like(batch_noise)
+        with torch.inference_mode():
+            samples = comfy.sample.sample(
+                patcher, batch_noise, steps, cfg, COMFY_SAMPLERS[sampler], scheduler, positive, negative, latent,
+                seed=seed + cls, disable_pbar=True,
+            )
+        out[index] = samples.float()
+    return out

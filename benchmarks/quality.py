@@ -1,0 +1,270 @@
+"""Sample quality with and without Skip Tuning on the bundled Fashion-MNIST model.
+
+For each configuration (sampler, steps, CFG scale, rho_bottom) the script samples blocks of
+class-balanced images with common random numbers: block b always uses the same labels,
+initial noise and (stochastic samplers) per-step noise, whatever the configuration, so
+differences between configurations are paired. It stores the shipped classifier's 128-d
+features and predictions of every sample (one .npz per configuration and block) and can
+resume; ``benchmarks/quality_report.py`` turns the store into tables and plots.
+
+Backends:
+  diffusers  skip_tuning_demo.sampling (diffusers schedulers driving the ldm UNetModel),
+             Skip Tuning through SkipScalingHooks (the A1111 path).
+  comfy      ComfyUI's UNetModel in a BaseModel sampled by comfy.sample.sample (KSampler),
+             Skip Tuning through this repository's "Skip Tuning" node (needs $COMFYUI_PATH).
+
+    python3 benchmarks/quality.py --preset headline          # what docs/results/ shows
+    python3 benchmarks/quality.py --preset comfy             # the same model through KSampler
+    python3 benchmarks/quality.py --preset full              # the whole grid, 4 x 250 samples each
+    python3 benchmarks/quality.py --preset smoke --out /tmp/st_smoke
+
+Presets run in stages; a stage may sample only the best rho_bottom of an earlier stage
+(selected on seed block 0, then measured on fresh blocks so the choice does not flatter it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _common import REPO_ROOT, machine_summary, set_threads  # noqa: E402
+
+DEFAULT_STORE = os.path.join(REPO_ROOT, "outputs", "benchmarks", "quality")
+
+ALL_SAMPLERS = ("euler", "heun", "dpmpp_2m", "unipc", "ddim", "euler_a")
+ALL_STEPS = (4, 6, 8, 10, 15, 25)
+ALL_RHOS = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2)
+BLOCK_SIZE = 250
+REFERENCE_STEPS = 50
+
+# A stage: samplers x steps x cfgs x rhos on the given seed blocks. rhos == "best": plain (1.0)
+# plus the rho_bottom != 1 with the lowest FD on block 0 in the earlier stages, per (sampler, steps,
+# cfg), even where plain was better, so that the confirmation shows negatives too.
+PRESETS = {
+    "smoke": {
+        "block_size": 20,
+        "stages": [
+            dict(samplers=["euler", "euler_a"], steps=[4], cfgs=[1.0, 4.0], rhos=[1.0, 0.8], blocks=[0]),
+            dict(samplers=["euler", "euler_a"], steps=[4], cfgs=[1.0, 4.0], rhos="best", blocks=[1]),
+            dict(samplers=["euler"], steps=[2, 3, 6], cfgs=[4.0], rhos=[1.0], blocks=[1]),
+        ],
+    },
+    "headline": {
+        "block_size": BLOCK_SIZE,
+        "stages": [
+            # Screen every sampler over the whole rho grid at 6 and 10 steps, both CFG scales.
+            dict(samplers=list(ALL_SAMPLERS), steps=[6, 10], cfgs=[1.0, 4.0], rhos=list(ALL_RHOS), blocks=[0]),
+            # Confirm: plain vs the screen's best rho on 3 fresh blocks (750 samples, paired).
+            dict(samplers=list(ALL_SAMPLERS), steps=[6, 10], cfgs=[1.0, 4.0], rhos="best", blocks=[1, 2, 3]),
+            # Step curves for the equal-quality figure (CFG 4 = typical use): plain at the other step
+            # counts on the same fresh blocks, up to the 50-step reference for DPM++ 2M.
+            dict(samplers=["dpmpp_2m"], steps=[4, 8, 15, 25, REFERENCE_STEPS], cfgs=[4.0], rhos=[1.0],
+                 blocks=[1, 2, 3]),
+            dict(samplers=["euler", "euler_a"], steps=[4, 8, 15, 25], cfgs=[4.0], rhos=[1.0], blocks=[1, 2, 3]),
+            # The 50-step reference without guidance (the sampler-independent quality of the model).
+            dict(samplers=["dpmpp_2m"], steps=[REFERENCE_STEPS], cfgs=[1.0], rhos=[1.0], blocks=[1, 2, 3]),
+            # Where the step range ends: a coarser screen at 4 and 15 steps (typical use, CFG 4).
+            dict(samplers=["dpmpp_2m", "euler", "euler_a"], steps=[4, 15], cfgs=[4.0],
+                 rhos=[0.7, 0.8, 0.9, 1.0, 1.1], blocks=[0]),
+        ],
+    },
+    "comfy": {
+        "backend": "comfy",
+        "block_size": BLOCK_SIZE,
+        "stages": [
+            dict(samplers=["euler", "dpmpp_2m", "euler_a"], steps=[6, 10], cfgs=[4.0],
+                 rhos=[1.0, 0.8, 0.9, 1.1], blocks=[0]),
+        ],
+    },
+    "full": {
+        "block_size": BLOCK_SIZE,
+        "stages": [
+            dict(samplers=list(ALL_SAMPLERS), steps=list(ALL_STEPS), cfgs=[1.0, 4.0], rhos=list(ALL_RHOS),
+                 blocks=[0, 1, 2, 3]),
+            dict(samplers=list(ALL_SAMPLERS), steps=[REFERENCE_STEPS], cfgs=[1.0, 4.0], rhos=[1.0],
+                 blocks=[0, 1, 2, 3]),
+        ],
+    },
+}
+
+
+def config_key(backend: str, sampler: str, steps: int, cfg: float, rho: float, block: int, n: int) -> str:
+    return f"{backend}_{sampler}_s{steps}_cfg{cfg:g}_rho{rho:.2f}_b{block}_n{n}"
+
+
+def block_seeds(block: int, block_size: int):
+    """Labels (balanced, shuffled), initial-noise seed and per-step-noise seed of a seed block."""
+    rng = np.random.default_rng(1000 + block)
+    labels = rng.permutation(np.arange(block_size) % 10)
+    return torch.from_numpy(labels).long(), 10_000 + block, 20_000 + block
+
+
+def nfe(sampler: str, steps: int) -> int:
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+class Runner:
+    def __init__(self, backend: str, store: str, block_size: int):
+        from skip_tuning_demo.model import load_demo_model
+
+        self.backend = backend
+        self.store = store
+        self.block_size = block_size
+        os.makedirs(os.path.join(store, "samples"), exist_ok=True)
+        self.check_weights()
+        if backend == "comfy":
+            from _comfy_demo import load_demo_in_comfy
+
+            self.patcher, self.unet, self.table, self.config = load_demo_in_comfy()
+        else:
+            self.unet, self.table, self.config = load_demo_model()
+        from skip_tuning_demo import metrics
+
+        self.metrics = metrics
+        self.classifier = metrics.get_classifier()
+        self.seconds_per_unit = None  # seconds per (sample x network evaluation)
+
+    def check_weights(self) -> None:
+        """A store holds samples of one set of weights: refuse to mix in another model's."""
+        import hashlib
+
+        from skip_tuning_demo.classifier import CLASSIFIER_WEIGHTS
+        from skip_tuning_demo.model import UNET_WEIGHTS
+
+        digests = {}
+        for name, path in (("unet", UNET_WEIGHTS), ("classifier", CLASSIFIER_WEIGHTS)):
+            with open(path, "rb") as f:
+                digests[name] = hashlib.sha256(f.read()).hexdigest()
+        record = os.path.join(self.store, "weights.json")
+        if os.path.exists(record):
+            with open(record, encoding="utf-8") as f:
+                stored = json.load(f)
+            if stored != digests:
+                raise SystemExit(f"{self.store} holds samples of other weights ({stored}); use another --out")
+        else:
+            with open(record, "w", encoding="utf-8") as f:
+                json.dump(digests, f)
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.store, "samples", key + ".npz")
+
+    def images(self, sampler, steps, cfg, rho, block):
+        from skip_tuning_core import SkipScalingHooks, rho_schedule
+        from skip_tuning_demo.model import unpack_latents
+        from skip_tuning_demo.sampling import make_noise, sample
+
+        labels, noise_seed, step_seed = block_seeds(block, self.block_size)
+        noise = make_noise(self.block_size, noise_seed)
+        if self.backend == "comfy":
+            from _comfy_demo import comfy_sample_latents, skip_tuned
+
+            latents = comfy_sample_latents(skip_tuned(self.patcher, rho), self.table, labels, sampler, steps, cfg,
+                                           noise, seed=step_seed)
+            return unpack_latents(latents).clamp(-1, 1), labels
+        rhos = rho_schedule(len(self.unet.output_blocks), rho)
+        with SkipScalingHooks(self.unet, rhos):
+            images = sample(self.unet, self.table, labels, sampler, steps, cfg, noise=noise, step_seed=step_seed,
+                            batch_size=self.block_size)
+        return images, labels
+
+    def run(self, sampler, steps, cfg, rho, block) -> dict:
+        key = config_key(self.backend, sampler, steps, cfg, rho, block, self.block_size)
+        if os.path.exists(self.path(key)):
+            return {"key": key, "cached": True}
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            images, labels = self.images(sampler, steps, cfg, rho, block)
+        seconds = time.perf_counter() - t0
+        features = self.metrics.compute_features(images, self.classifier).astype(np.float32)
+        predictions = self.metrics.predict(images, self.classifier).numpy().astype(np.int8)
+        np.savez(self.path(key), features=features, predictions=predictions, labels=labels.numpy().astype(np.int8),
+                 seconds=seconds)
+        units = self.block_size * nfe(sampler, steps) * (2 if cfg != 1.0 else 1)
+        rate = seconds / units
+        self.seconds_per_unit = rate if self.seconds_per_unit is None else 0.8 * self.seconds_per_unit + 0.2 * rate
+        accuracy = float((predictions == labels.numpy()).mean())
+        return {"key": key, "seconds": seconds, "accuracy": accuracy}
+
+
+def screened_best(store: str, backend: str, sampler: str, steps: int, cfg: float, rhos, n: int) -> float | None:
+    """rho_bottom with the lowest FD on block 0 among the stored screen results."""
+    from _stats import Reference, reference
+
+    paths = {rho: os.path.join(store, "samples", config_key(backend, sampler, steps, cfg, rho, 0, n) + ".npz")
+             for rho in rhos}
+    paths = {rho: path for rho, path in paths.items() if os.path.exists(path)}
+    if not paths:
+        return None
+    ref = Reference(*reference())
+    best = None
+    for rho, path in paths.items():
+        with np.load(path) as data:
+            fd = ref.fd(data["features"])
+        if best is None or fd < best[0]:
+            best = (fd, rho)
+    return None if best is None else best[1]
+
+
+def plan(preset: dict, store: str, backend: str, stage_index: int):
+    n = preset["block_size"]
+    stage = preset["stages"][stage_index]
+    jobs = []
+    for sampler in stage["samplers"]:
+        for steps in stage["steps"]:
+            for cfg in stage["cfgs"]:
+                if stage["rhos"] == "best":
+                    best = screened_best(store, backend, sampler, steps, cfg, [r for r in ALL_RHOS if r != 1.0], n)
+                    rhos = [1.0] if best is None else [1.0, best]
+                else:
+                    rhos = stage["rhos"]
+                for block in stage["blocks"]:
+                    for rho in rhos:
+                        jobs.append((sampler, steps, float(cfg), float(rho), block))
+    return jobs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="headline")
+    parser.add_argument("--backend", choices=["diffusers", "comfy"], help="default: the preset's")
+    parser.add_argument("--out", default=DEFAULT_STORE, help="result store (resumable)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stages", type=int, nargs="*", help="run only these stage indices")
+    parser.add_argument("--dry-run", action="store_true", help="list the jobs and the estimated cost")
+    args = parser.parse_args(argv)
+
+    set_threads(args.threads)
+    preset = PRESETS[args.preset]
+    backend = args.backend or preset.get("backend", "diffusers")
+    block_size = preset["block_size"]
+    stages = args.stages if args.stages else list(range(len(preset["stages"])))
+    print(f"preset {args.preset}, backend {backend}, store {args.out}; {machine_summary()}", flush=True)
+
+    runner = None if args.dry_run else Runner(backend, args.out, block_size)
+    for stage_index in stages:
+        jobs = plan(preset, args.out, backend, stage_index)
+        units = sum(block_size * nfe(s, n) * (2 if c != 1.0 else 1) for s, n, c, _, _ in jobs)
+        print(f"stage {stage_index}: {len(jobs)} jobs, {units / 1e6:.2f} M sample-evaluations", flush=True)
+        if args.dry_run:
+            continue
+        for k, (sampler, steps, cfg, rho, block) in enumerate(jobs):
+            result = runner.run(sampler, steps, cfg, rho, block)
+            if result.get("cached"):
+                continue
+            left = sum(block_size * nfe(s, n) * (2 if c != 1.0 else 1) for s, n, c, _, _ in jobs[k + 1:])
+            eta = left * (runner.seconds_per_unit or 0.0) / 60
+            print(f"  [{k + 1}/{len(jobs)}] {result['key']}: {result['seconds']:.1f} s, "
+                  f"accuracy {result['accuracy']:.3f}; stage left ~{eta:.0f} min", flush=True)
+    with open(os.path.join(args.out, "meta.json") if not args.dry_run else os.devnull, "w", encoding="utf-8") as f:
+        json.dump({"block_size": block_size, "machine": machine_summary()}, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+// Skip Tuning: draws the rho profile (one bar per long skip, bottom -> top) on the
+// "Skip Tuning" and "Skip Tuning (Advanced)" nodes, redrawn from the widget values
+// on every frame, so it follows a slider while it moves.
+//
+// Canvas drawing only: no network calls, no HTML built from user text.
+import { app } from "../../scripts/app.js";
+import { DEFAULT_PREVIEW_SKIPS, PREVIEW_SKIP_COUNTS, RHO_MAX, describeProfile } from "./skip_tuning_profile.js";
+
+const PROFILE_NODES = new Set(["SkipTuning", "SkipTuningAdvanced"]);
+const WIDGET_NAME = "skip_profile";
+const WIDGET_TYPE = "skip_tuning_profile";
+const PREVIEW_PROPERTY = "skip_profile_preview_skips";
+const MIN_NODE_WIDTH = 320;
+const RHO_INPUTS = ["rho_bottom", "rho_top"];
+
+const COLORS = {
+  weaker: "#5b9bd5", // rho < 1: the skip is damped
+  neutral: "#8a8a8a", // rho = 1: untouched
+  stronger: "#e0913a", // rho > 1: the skip is amplified
+  error: "#e06c6c",
+};
+
+function litegraph() {
+  return globalThis.LiteGraph ?? {};
+}
+
+function widgetValue(node, name) {
+  return node.widgets?.find((w) => w.name === name)?.value;
+}
+
+function linkedInputs(node, names) {
+  return names.filter((name) => node.inputs?.some((input) => input.link != null && (input.widget?.name ?? input.name) === name));
+}
+
+function previewSkips(node) {
+  const n = Number(node.properties?.[PREVIEW_PROPERTY]);
+  return PREVIEW_SKIP_COUNTS.some((option) => option.n === n) ? n : DEFAULT_PREVIEW_SKIPS;
+}
+
+function isAdvanced(node) {
+  return node.widgets?.some((w) => w.name === "start_percent") ?? false;
+}
+
+export function currentProfile(node) {
+  const linked = linkedInputs(node, RHO_INPUTS);
+  const profile = describeProfile({
+    rhoBottom: widgetValue(node, "rho_bottom"),
+    rhoTop: widgetValue(node, "rho_top"),
+    rhoPerSkip: widgetValue(node, "rho_per_skip") ?? "",
+    previewN: previewSkips(node),
+    linked,
+  });
+  if (isAdvanced(node)) {
+    const start = Number(widgetValue(node, "start_percent"));
+    const end = Number(widgetValue(node, "end_percent"));
+    if (Number.isFinite(start) && Number.isFinite(end)) {
+      profile.window = `active from ${Math.round(start * 100)}% to ${Math.round(end * 100)}% of sampling`;
+    }
+  }
+  return profile;
+}
+
+function fitText(ctx, text, maxWidth) {
+  if (ctx.measureText(text).width <= maxWidth) return text;
+  let cut = text;
+  while (cut.length > 1 && ctx.measureText(cut + "…").width > maxWidth) cut = cut.slice(0, -1);
+  return cut + "…";
+}
+
+function barColor(rho) {
+  if (Math.abs(rho - 1) < 1e-9) return COLORS.neutral;
+  return rho < 1 ? COLORS.weaker : COLORS.stronger;
+}
+
+function widgetHeight(node) {
+  return isAdvanced(node) ? 150 : 136;
+}
+
+function drawProfile(ctx, node, width, y) {
+  const LG = litegraph();
+  const text = LG.WIDGET_TEXT_COLOR ?? "#ddd";
+  const dim = LG.WIDGET_SECONDARY_TEXT_COLOR ?? "#999";
+  const margin = 15;
+  const x0 = margin;
+  const x1 = width - margin;
+  const height = widgetHeight(node) - 4;
+  const profile = currentProfile(node);
+  const bars = [];
+
+  ctx.save();
+  ctx.fillStyle = LG.WIDGET_BGCOLOR ?? "#222";
+  ctx.strokeStyle = LG.WIDGET_OUTLINE_COLOR ?? "#666";
+  ctx.beginPath();
+  if (ctx.roundRect) ctx.roundRect(x0, y, x1 - x0, height, 6);
+  else ctx.rect(x0, y, x1 - x0, height);
+  ctx.fill();
+  ctx.stroke();
+
+  ctx.textBaseline = "alphabetic";
+  ctx.font = "11px sans-serif";
+  ctx.fillStyle = text;
+  ctx.textAlign = "left";
+  ctx.fillText("rho per skip, bottom → top", x0 + 8, y + 15);
+  ctx.textAlign = "right";
+  ctx.fillStyle = dim;
+  const tag = profile.kind === "override" ? `${profile.rhos.length} values` : `N = ${previewSkips(node)}`;
+  ctx.fillText(tag, x1 - 8, y + 15);
+
+  const axisX = x0 + 26;
+  const chartLeft = axisX + 4;
+  const chartRight = x1 - 8;
+  const chartTop = y + 24;
+  const baseline = y + 88;
+  const chartHeight = baseline - chartTop;
+  // The axis starts at 0 (bar heights stay proportional to rho) and ends at 1.25, or
+  // higher in steps of 0.25 when a factor is larger, at most RHO_MAX.
+  const largest = Math.max(0, ...profile.rhos);
+  const axisMax = Math.min(RHO_MAX, Math.max(1.25, Math.ceil(largest * 4 - 1e-9) / 4));
+  const yOf = (rho) => baseline - (Math.min(Math.max(rho, 0), axisMax) / axisMax) * chartHeight;
+
+  // Axis: 0, 1 (dashed: "no change") and the top of the scale.
+  ctx.font = "9px sans-serif";
+  ctx.textAlign = "right";
+  ctx.fillStyle = dim;
+  for (const tick of [0, 1, axisMax]) ctx.fillText(String(tick), axisX - 2, yOf(tick) + 3);
+  ctx.strokeStyle = dim;
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.moveTo(chartLeft, baseline + 0.5);
+  ctx.lineTo(chartRight, baseline + 0.5);
+  ctx.stroke();
+
+  const n = profile.rhos.length;
+  if (n) {
+    const slot = (chartRight - chartLeft) / n;
+    const barWidth = Math.max(2, Math.min(28, slot * 0.7));
+    for (let i = 0; i < n; i++) {
+      const rho = profile.rhos[i];
+      const top = yOf(rho);
+      const bar = { index: i, rho, x: chartLeft + i * slot + (slot - barWidth) / 2, y: top, w: barWidth, h: baseline - top, color: barColor(rho) };
+      ctx.fillStyle = bar.color;
+      ctx.fillRect(bar.x, bar.y, bar.w, Math.max(bar.h, 1));
+      bars.push(bar);
+    }
+    ctx.setLineDash([4, 3]);
+    ctx.strokeStyle = dim;
+    ctx.beginPath();
+    ctx.moveTo(chartLeft, Math.round(yOf(1)) + 0.5);
+    ctx.lineTo(chartRight, Math.round(yOf(1)) + 0.5);
+    ctx.stroke();
+    ctx.setLineDash([]);
+
+    // Values under the bars; every k-th one when the node is too narrow for all.
+    ctx.font = "10px sans-serif";
+    ctx.textAlign = "center";
+    ctx.fillStyle = text;
+    const labelWidth = ctx.measureText("0.00").width + 4;
+    const stride = Math.max(1, Math.ceil(labelWidth / slot));
+    for (let i = 0; i < n; i++) {
+      const last = i === n - 1;
+      if (!last && (i % stride !== 0 || n - 1 - i < stride)) continue;
+      ctx.fillText(profile.rhos[i].toFixed(2), bars[i].x + bars[i].w / 2, baseline + 13);
+    }
+    ctx.font = "9px sans-serif";
+    ctx.fillStyle = dim;
+    ctx.textAlign = "left";
+    ctx.fillText("bottom (deepest)", chartLeft, baseline + 27);
+    ctx.textAlign = "right";
+    ctx.fillText("top (highest res)", chartRight, baseline + 27);
+  } else {
+    ctx.font = "11px sans-serif";
+    ctx.textAlign = "center";
+    ctx.fillStyle = profile.kind === "error" ? COLORS.error : dim;
+    ctx.fillText(fitText(ctx, profile.message, chartRight - chartLeft), (chartLeft + chartRight) / 2, (chartTop + baseline) / 2);
+  }
+
+  ctx.font = "9px sans-serif";
+  ctx.textAlign = "left";
+  ctx.fillStyle = dim;
+  let noteY = baseline + 41;
+  if (n) {
+    ctx.fillText(fitText(ctx, profile.message, x1 - x0 - 16), x0 + 8, noteY);
+    noteY += 13;
+  }
+  if (profile.window) ctx.fillText(fitText(ctx, profile.window, x1 - x0 - 16), x0 + 8, noteY);
+  ctx.restore();
+
+  // What was drawn, in node coordinates: read back by the browser tests.
+  node.skipTuningProfile = {
+    kind: profile.kind, rhos: profile.rhos.slice(), message: profile.message, window: profile.window ?? null, axisMax, bars,
+  };
+}
+
+function redraw(node) {
+  node.setDirtyCanvas?.(true, true);
+}
+
+function addProfileWidget(node) {
+  if (node.widgets?.some((w) => w.name === WIDGET_NAME)) return;
+  node.properties ??= {};
+  node.properties[PREVIEW_PROPERTY] ??= DEFAULT_PREVIEW_SKIPS;
+
+  const widget = {
+    name: WIDGET_NAME,
+    type: WIDGET_TYPE,
+    value: null,
+    serialize: false, // not part of the saved widget values
+    options: { serialize: false }, // not sent with the prompt
+    draw(ctx, drawnNode, width, y) {
+      drawProfile(ctx, drawnNode, width, y);
+    },
+    computeSize(width) {
+      return [width ?? MIN_NODE_WIDTH, widgetHeight(node)];
+    },
+  };
+  node.addCustomWidget(widget);
+
+  // Values typed into a dialog or set by other code: redraw at once.
+  for (const w of node.widgets) {
+    if (w === widget) continue;
+    const original = w.callback;
+    w.callback = function (...args) {
+      const result = original?.apply(this, args);
+      redraw(node);
+      return result;
+    };
+  }
+
+  const size = node.computeSize();
+  node.setSize([Math.max(node.size?.[0] ?? 0, size[0], MIN_NODE_WIDTH), Math.max(node.size?.[1] ?? 0, size[1])]);
+}
+
+app.registerExtension({
+  name: "SkipTuning.RhoProfile",
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!PROFILE_NODES.has(nodeData?.name)) return;
+
+    const onConnectionsChange = nodeType.prototype.onConnectionsChange;
+    nodeType.prototype.onConnectionsChange = function (...args) {
+      const result = onConnectionsChange?.apply(this, args);
+      redraw(this);
+      return result;
+    };
+
+    const getExtraMenuOptions = nodeType.prototype.getExtraMenuOptions;
+    nodeType.prototype.getExtraMenuOptions = function (canvas, options) {
+      const result = getExtraMenuOptions?.apply(this, arguments);
+      const node = this;
+      const current = previewSkips(node);
+      options.push(null, {
+        content: "Skip profile preview",
+        has_submenu: true,
+        submenu: {
+          options: PREVIEW_SKIP_COUNTS.map((option) => ({
+            content: (option.n === current ? "● " : "") + option.label,
+            callback: () => {
+              node.properties[PREVIEW_PROPERTY] = option.n;
+              redraw(node);
+            },
+          })),
+        },
+      });
+      return result;
+    };
+  },
+
+  nodeCreated(node) {
+    if (PROFILE_NODES.has(node.comfyClass)) addProfileWidget(node);
+  },
+});

@@ -1,0 +1,285 @@
+"""The "Skip Tuning Compare" node: one seed, a grid of step counts x rho_bottom values.
+
+Every cell is sampled by ComfyUI's own ``comfy.sample.sample`` on the model that the
+Skip Tuning node would make (``nodes.apply_skip_tuning``: a clone carrying the core's
+output-block patch), then decoded with the VAE. The grid is labelled with PIL's
+built-in font.
+
+ComfyUI is imported only inside the node's methods, so the list parsing and the grid
+drawing can be used and tested without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .nodes import apply_skip_tuning, diffusion_model_of
+from .skip_tuning_core import SkipTuningError, count_long_skips, parse_rho_list, validate_rho
+
+MAX_STEPS = 10000
+MAX_CELLS = 64
+
+
+def parse_steps_list(text: str) -> tuple[int, ...]:
+    """Parse "4, 8, 16" into step counts (commas or semicolons, whole numbers 1..10000)."""
+    if not isinstance(text, str):
+        raise SkipTuningError(f"steps_list must be text like '4, 8, 16', got {text!r}")
+    body = text.strip()
+    if len(body) >= 2 and (body[0], body[-1]) in (("[", "]"), ("(", ")")):
+        body = body[1:-1]  # a pasted Python/JSON list
+    items = [item.strip() for item in body.replace(";", ",").split(",")]
+    if items == [""]:
+        raise SkipTuningError("steps_list is empty: give at least one step count, e.g. '4, 8, 16'")
+    steps = []
+    for k, item in enumerate(items):
+        if not item:
+            raise SkipTuningError(f"steps_list {text!r}: entry {k + 1} is empty")
+        if not item.isdigit():
+            raise SkipTuningError(f"steps_list {text!r}: entry {k + 1} ({item!r}) is not a whole number")
+        value = int(item)
+        if not 1 <= value <= MAX_STEPS:
+            raise SkipTuningError(f"steps_list {text!r}: entry {k + 1} ({value}) must be between 1 and {MAX_STEPS}")
+        steps.append(value)
+    return tuple(steps)
+
+
+def parse_rho_bottom_list(text: str) -> tuple[float, ...]:
+    """Parse "1.0, 0.9, 0.8" with the core's rules (each value in [0, 2])."""
+    values = parse_rho_list(text, "rho_bottom_list")
+    if not values:
+        raise SkipTuningError("rho_bottom_list is empty: give at least one value, e.g. '1.0, 0.9, 0.8'")
+    return values
+
+
+def parse_sweep(steps_list: str, rho_bottom_list: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Both lists, checked together (the grid may not exceed MAX_CELLS cells)."""
+    steps = parse_steps_list(steps_list)
+    rhos = parse_rho_bottom_list(rho_bottom_list)
+    if len(steps) * len(rhos) > MAX_CELLS:
+        raise SkipTuningError(
+            f"{len(rhos)} rho_bottom values x {len(steps)} step counts = {len(steps) * len(rhos)} images; "
+            f"the Compare node makes at most {MAX_CELLS} per run"
+        )
+    return steps, rhos
+
+
+def rho_label(rho_bottom: float, rho_top: float) -> str:
+    label = f"rho_bottom\n{rho_bottom:.2f}"
+    if rho_bottom == 1.0 and rho_top == 1.0:
+        label += " (off)"
+    return label
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one fixed bitmap font
+        return ImageFont.load_default()
+
+
+class GridLayout:
+    """Where ``make_grid`` puts the title, labels and cells (pixels, top-left origin)."""
+
+    def __init__(self, rows: int, columns: int, cell_height: int, cell_width: int,
+                 row_labels: Sequence[str], column_labels: Sequence[str], title: str = ""):
+        from PIL import Image, ImageDraw
+
+        self.font_size = max(10, min(40, cell_height // 14))
+        self.font = _font(self.font_size)
+        self.gap = max(2, self.font_size // 4)
+        self.pad = self.font_size // 2
+        self._probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        self.line_height = max(self.text_size("Ag")[1], self.font_size)
+        self.label_width = max(self.text_size(label)[0] for label in row_labels) + 2 * self.pad
+        self.title_height = self.line_height + 2 * self.pad if title else 0
+        self.header_height = max(self.text_size(label)[1] for label in column_labels) + 2 * self.pad
+        top = self.title_height + self.header_height
+        self.cells = [
+            [(self.label_width + self.gap + c * (cell_width + self.gap), top + self.gap + r * (cell_height + self.gap))
+             for c in range(columns)]
+            for r in range(rows)
+        ]
+        width = self.label_width + columns * cell_width + (columns + 1) * self.gap
+        if title:
+            width = max(width, self.text_size(title)[0] + 2 * self.pad)
+        self.size = (width, top + rows * cell_height + (rows + 1) * self.gap)
+        self.cell_size = (cell_width, cell_height)
+
+    def text_size(self, text: str) -> tuple[int, int]:
+        left, top, right, bottom = self._probe.multiline_textbbox((0, 0), text, font=self.font)
+        return right - left, bottom - top
+
+
+def make_grid(
+    cells: Sequence[Sequence[torch.Tensor]],
+    row_labels: Sequence[str],
+    column_labels: Sequence[str],
+    title: str = "",
+) -> torch.Tensor:
+    """Lay out ``cells[row][column]`` ([H, W, C] floats in 0..1) with labels; returns [1, H', W', 3]."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    height, width = cells[0][0].shape[0], cells[0][0].shape[1]
+    layout = GridLayout(len(cells), len(cells[0]), height, width, row_labels, column_labels, title)
+    pad, font = layout.pad, layout.font
+    canvas = Image.new("RGB", layout.size, (24, 24, 24))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, pad), title, fill=(200, 200, 200), font=font)
+    for c, label in enumerate(column_labels):
+        x = layout.cells[0][c][0] + (width - layout.text_size(label)[0]) // 2
+        draw.multiline_text((x, layout.title_height + pad), label, fill=(235, 235, 235), font=font, align="center")
+    for r, label in enumerate(row_labels):
+        y = layout.cells[r][0][1] + (height - layout.text_size(label)[1]) // 2
+        draw.multiline_text((pad, y), label, fill=(235, 235, 235), font=font)
+        for c in range(len(column_labels)):
+            image = cells[r][c].detach().float().clamp(0, 1).cpu().numpy()
+            if image.shape[-1] == 1:
+                image = image.repeat(3, axis=-1)
+            tile = Image.fromarray((image[..., :3] * 255.0).round().astype(np.uint8))
+            canvas.paste(tile, layout.cells[r][c])
+    array = np.asarray(canvas, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).unsqueeze(0)
+
+
+def check_model(model) -> int:
+    """The model's number of long skips; a clear error for models without them (before sampling)."""
+    network = diffusion_model_of(model)
+    n_skips = count_long_skips(network) if network is not None else None
+    if n_skips is None:
+        raise SkipTuningError(
+            "Skip Tuning Compare needs a U-Net with long skips (SD1.x, SD2.x, SDXL, ...); this model has none, "
+            "so every row would be the same image"
+        )
+    return n_skips
+
+
+class SkipTuningCompare:
+    """Sample a steps x rho_bottom grid with one seed and label it."""
+
+    DESCRIPTION = (
+        "Samples every (steps, rho_bottom) pair with the same seed and noise, decodes each with the VAE, "
+        "and returns a labelled grid (rows: rho_bottom, columns: steps) and all images as a batch. "
+        "rho_bottom 1.0 with rho_top 1.0 is the model without Skip Tuning."
+    )
+    CATEGORY = "sampling"
+    FUNCTION = "compare"
+    RETURN_TYPES = ("IMAGE", "IMAGE")
+    RETURN_NAMES = ("grid", "images")
+    OUTPUT_TOOLTIPS = (
+        "Labelled grid: one row per rho_bottom, one column per step count (first image of each batch).",
+        "Every decoded image, row by row (rho_bottom), then column by column (steps).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        import comfy.samplers
+
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model, without Skip Tuning (the node applies it per row)."}),
+                "positive": ("CONDITIONING",),
+                "negative": ("CONDITIONING",),
+                "latent": ("LATENT", {"tooltip": "The latent to denoise, e.g. from Empty Latent Image."}),
+                "vae": ("VAE",),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                                 "tooltip": "The same seed (and noise) for every cell."}),
+                "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler"}),
+                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal"}),
+                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+                "steps_list": ("STRING", {"default": "4, 8, 16",
+                                          "tooltip": "Step counts, one grid column each, e.g. '4, 8, 16'."}),
+                "rho_bottom_list": ("STRING", {"default": "1.0, 0.9, 0.8",
+                                               "tooltip": "rho_bottom values, one grid row each, each in 0-2. "
+                                                          "1.0 (with rho_top 1.0) is the untuned baseline."}),
+                "rho_top": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01, "display": "slider",
+                                      "tooltip": "Factor of the highest-resolution skip, the same for every row."}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, steps_list=None, rho_bottom_list=None):
+        # Linked inputs are not known yet (None); compare() checks them again before sampling.
+        try:
+            if steps_list is not None:
+                parse_steps_list(steps_list)
+            if rho_bottom_list is not None:
+                parse_rho_bottom_list(rho_bottom_list)
+            if steps_list is not None and rho_bottom_list is not None:
+                parse_sweep(steps_list, rho_bottom_list)
+        except SkipTuningError as error:
+            return str(error)
+        return True
+
+    def compare(self, model, positive, negative, latent, vae, seed, sampler_name, scheduler, cfg,
+                steps_list, rho_bottom_list, rho_top):
+        import comfy.model_management
+        import comfy.sample
+        import comfy.utils
+        import latent_preview
+
+        steps, rho_bottoms = parse_sweep(steps_list, rho_bottom_list)
+        rho_top = validate_rho(rho_top, "rho_top")
+        check_model(model)
+        # The Skip Tuning node's own code path: a clone with the core's output-block patch.
+        models = [apply_skip_tuning(model, rho_bottom, rho_top) for rho_bottom in rho_bottoms]
+
+        latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+        noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+        noise_mask = latent.get("noise_mask")
+
+        total = sum(steps) * len(rho_bottoms)
+        done = 0
+        progress = comfy.utils.ProgressBar(total)
+        previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+        disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+
+        def make_callback(offset):
+            def callback(step, x0, x, total_steps):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
+                progress.update_absolute(offset + step + 1, total, preview)
+
+            return callback
+
+        cells, batches = [], []
+        for patched in models:
+            row = []
+            for step_count in steps:
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                samples = comfy.sample.sample(
+                    patched, noise, step_count, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                    denoise=1.0, noise_mask=noise_mask, callback=make_callback(done),
+                    disable_pbar=disable_pbar, seed=seed,
+                )
+                done += step_count
+                progress.update_absolute(done, total)
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                images = vae.decode(samples)
+                if images.ndim == 5:
+                    images = images.reshape(-1, *images.shape[-3:])
+                row.append(images[0])
+                batches.append(images)
+            cells.append(row)
+
+        title = f"seed {seed}, {sampler_name}/{scheduler}, cfg {cfg:g}, rho_top {rho_top:.2f}"
+        grid = make_grid(
+            cells,
+            [rho_label(rho_bottom, rho_top) for rho_bottom in rho_bottoms],
+            [f"{count} steps" for count in steps],
+            title,
+        )
+        return grid, torch.cat(batches, dim=0)
+
+
+NODE_CLASS_MAPPINGS = {"SkipTuningCompare": SkipTuningCompare}
+NODE_DISPLAY_NAME_MAPPINGS = {"SkipTuningCompare": "Skip Tuning Compare"}
+
+__all__ = [
+    "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "GridLayout", "SkipTuningCompare", "make_grid", "parse_sweep",
+]

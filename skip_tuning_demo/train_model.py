@@ -1,0 +1,283 @@
+"""Train the small class-conditional Fashion-MNIST demo diffusion model (CPU friendly).
+
+Example::
+
+    python -m skip_tuning_demo.train_model --threads 2 --max-minutes 68
+
+The script writes the EMA weights (fp16 safetensors), the class context table
+and the JSON config into ``--out-dir`` (default: ``skip_tuning_demo/weights``)
+every ``--save-every`` steps and at the end, so a partially trained model is
+always usable.  A full training state for ``--resume`` is written to
+``--state-path``.
+
+Learning rate: linear warmup then cosine decay to ``--min-lr-ratio`` of the
+peak.  The cosine progress is ``step / steps``; when ``--max-minutes`` is set
+the progress is the larger of that and the fraction of the time budget used,
+so the schedule completes within the time budget (this makes the run depend
+on machine speed; use ``--max-minutes 0`` for a step-deterministic run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+
+# On a shared/oversubscribed CPU, OpenMP's default spin-waiting makes multi-threaded
+# steps many times slower; passive waiting must be chosen before torch starts OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from skip_tuning_demo import model as demo_model  # type: ignore
+    from skip_tuning_demo.data import DEFAULT_DATA_DIR, load_fashion_mnist, to_model_images  # type: ignore
+else:
+    from . import model as demo_model
+    from .data import DEFAULT_DATA_DIR, load_fashion_mnist, to_model_images
+
+
+class DemoModel(nn.Module):
+    """UNet plus the learned class context table (trained jointly)."""
+
+    def __init__(self, unet_kwargs, context_tokens: int, context_dim: int):
+        super().__init__()
+        self.unet = demo_model.build_unet(unet_kwargs)
+        table = torch.randn(demo_model.NUM_CLASSES + 1, context_tokens, context_dim)
+        self.context_table = nn.Parameter(table)
+
+    def forward(self, x, t, labels):
+        return self.unet(x, t, context=self.context_table[labels])
+
+
+def scaled_linear_alphas_cumprod(cfg) -> torch.Tensor:
+    betas = (
+        torch.linspace(
+            cfg["beta_start"] ** 0.5, cfg["beta_end"] ** 0.5, cfg["num_train_timesteps"], dtype=torch.float64
+        )
+        ** 2
+    )
+    return torch.cumprod(1.0 - betas, dim=0).float()
+
+
+def lr_at(progress: float, step: int, args) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    p = min(max(progress, 0.0), 1.0)
+    return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
+def _atomic_save_safetensors(tensors, path, metadata=None):
+    from safetensors.torch import save_file
+
+    tmp = path + ".tmp"
+    save_file(tensors, tmp, metadata=metadata)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def export_weights(ema: DemoModel, out_dir: str, info: dict) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in ema.unet.state_dict().items()}
+    meta = {"format": "ldm UNetModel state dict (no prefix), fp16, EMA weights"}
+    _atomic_save_safetensors(sd, os.path.join(out_dir, os.path.basename(demo_model.UNET_WEIGHTS)), meta)
+    ctx = {demo_model.CONTEXT_KEY: ema.context_table.detach().float().contiguous()}
+    _atomic_save_safetensors(
+        ctx,
+        os.path.join(out_dir, os.path.basename(demo_model.CONTEXT_WEIGHTS)),
+        {"format": "[11, L, context_dim]; rows 0-9 classes, row 10 null context"},
+    )
+    cfg = demo_model.default_config()
+    cfg["training"] = info
+    path = os.path.join(out_dir, os.path.basename(demo_model.CONFIG_PATH))
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    p.add_argument("--out-dir", default=demo_model.WEIGHTS_DIR)
+    p.add_argument("--state-path", default=os.path.join(tempfile.gettempdir(), "skip_tuning_demo_train_state.pt"))
+    p.add_argument("--resume", action="store_true", help="resume from --state-path if it exists")
+    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget (0 = none)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--min-lr-ratio", type=float, default=0.05)
+    p.add_argument("--warmup", type=int, default=250)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--ema-decay", type=float, default=0.9995)
+    p.add_argument("--label-dropout", type=float, default=0.12)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+
+    images, labels = load_fashion_mnist("train", args.data_dir)
+    latents = demo_model.pack_images(to_model_images(images))
+    labels_t = torch.from_numpy(labels)
+    n = latents.shape[0]
+    print(f"data: {n} images -> latents {tuple(latents.shape[1:])}", flush=True)
+
+    cfg = demo_model.default_config()
+    model = DemoModel(cfg["unet_kwargs"], demo_model.CONTEXT_TOKENS, demo_model.CONTEXT_DIM)
+    assert len(model.unet.output_blocks) == 12, len(model.unet.output_blocks)
+    ema = copy.deepcopy(model).eval()
+    for p_ in ema.parameters():
+        p_.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999))
+    alphas_cumprod = scaled_linear_alphas_cumprod(cfg["schedule"])
+    sqrt_ac = alphas_cumprod.sqrt()
+    sqrt_1mac = (1 - alphas_cumprod).sqrt()
+    gen = torch.Generator().manual_seed(args.seed)
+
+    step = 0
+    elapsed_before = 0.0
+    if args.resume and os.path.exists(args.state_path):
+        st = torch.load(args.state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        step = st["step"]
+        elapsed_before = st.get("elapsed", 0.0)
+        print(f"resumed from step {step}", flush=True)
+
+    n_params = demo_model.count_parameters(model.unet)
+    print(
+        f"unet params: {n_params} ({n_params / 1e6:.2f}M), output blocks: {len(model.unet.output_blocks)}",
+        flush=True,
+    )
+
+    stop = {"flag": False}
+
+    def _on_signal(signum, frame):  # save and exit cleanly on SIGTERM/SIGINT
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+    t_start = time.time() - elapsed_before
+    budget = args.max_minutes * 60.0
+    loss_hist = []
+    last_log = time.time()
+    last_log_step = step
+
+    def info(final: bool):
+        return {
+            "steps": step,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "ema_decay": args.ema_decay,
+            "label_dropout": args.label_dropout,
+            "seed": args.seed,
+            "wall_seconds": round(time.time() - t_start, 1),
+            "recent_loss": round(float(np.mean(loss_hist[-200:])), 5) if loss_hist else None,
+            "unet_parameters": n_params,
+            "finished": final,
+        }
+
+    def save(final: bool):
+        model_state = {
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "opt": opt.state_dict(),
+            "gen": gen.get_state(),
+            "step": step,
+            "elapsed": time.time() - t_start,
+        }
+        torch.save(model_state, args.state_path + ".tmp")
+        os.replace(args.state_path + ".tmp", args.state_path)
+        export_weights(ema, args.out_dir, info(final))
+        print(f"saved step {step} (final={final})", flush=True)
+
+    model.train()
+    while step < args.steps and not stop["flag"]:
+        elapsed = time.time() - t_start
+        if budget > 0 and elapsed >= budget:
+            print("time budget reached", flush=True)
+            break
+        progress = step / args.steps
+        if budget > 0:
+            progress = max(progress, elapsed / budget)
+        lr = lr_at(progress, step, args)
+        for g in opt.param_groups:
+            g["lr"] = lr
+
+        idx = torch.randint(0, n, (args.batch_size,), generator=gen)
+        x0 = latents[idx]
+        y = labels_t[idx].clone()
+        drop = torch.rand(args.batch_size, generator=gen) < args.label_dropout
+        y[drop] = demo_model.NULL_INDEX
+        t = torch.randint(0, alphas_cumprod.shape[0], (args.batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        xt = sqrt_ac[t].view(-1, 1, 1, 1) * x0 + sqrt_1mac[t].view(-1, 1, 1, 1) * noise
+
+        pred = model(xt, t, y)
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        opt.step()
+        step += 1
+        ema_update(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
+        loss_hist.append(loss.item())
+
+        if step % args.log_every == 0:
+            now = time.time()
+            sps = (now - last_log) / max(1, step - last_log_step)
+            last_log, last_log_step = now, step
+            print(
+                f"step {step} loss {loss_hist[-1]:.5f} (avg50 {float(np.mean(loss_hist[-50:])):.5f}) lr {lr:.2e} "
+                f"{sps:.3f}s/step elapsed {(now - t_start) / 60:.1f}min",
+                flush=True,
+            )
+        if step % args.save_every == 0:
+            save(False)
+
+    save(True)
+    print(
+        f"done: {step} steps in {(time.time() - t_start) / 60:.1f} min, "
+        f"recent loss {float(np.mean(loss_hist[-200:])) if loss_hist else float('nan'):.5f}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Test-only ComfyUI nodes: a whole /prompt graph without any weights file.
+
+Server tests put this folder into a temporary ComfyUI's custom_nodes next to the
+extension. The models come from ``tests/comfy_helpers.py`` (tiny U-Nets of ComfyUI's
+own classes with seeded weights). Never shipped to users: it lives under tests/.
+
+Graph: SkipTuningTestTinyModel -> (Skip Tuning) -> KSampler <- SkipTuningTestConditioning,
+EmptyLatentImage (64x64 gives the 8x8 latent the tiny models expect) -> SkipTuningTestLatentStats.
+"""
+
+import importlib.util
+import os
+import sys
+
+_HELPERS_MODULE = "skip_tuning_test_comfy_helpers"
+
+
+def _helpers():
+    module = sys.modules.get(_HELPERS_MODULE)
+    if module is None:
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "comfy_helpers.py")
+        spec = importlib.util.spec_from_file_location(_HELPERS_MODULE, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[_HELPERS_MODULE] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+_CATEGORY = "_for_testing/skip_tuning"
+_KINDS = ["sd1", "sdxl", "koala", "sdxs", "flux"]
+
+
+class SkipTuningTestTinyModel:
+    DESCRIPTION = "Test only: a tiny seeded model (sd1 = 12 skips, sdxl = 9, koala = 6, sdxs = 6 without a " \
+                  "middle block, flux = no long skips)."
+    CATEGORY = _CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "kind": (_KINDS, {"default": "sd1"}),
+            "dtype": (["float32", "bfloat16", "float16"], {"default": "float32"}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+        }}
+
+    def load(self, kind, dtype, seed):
+        import torch
+
+        helpers = _helpers()
+        if kind == "flux":
+            return (helpers.build_tiny_flux(seed=seed),)
+        return (helpers.build_tiny_unet(kind, dtype=getattr(torch, dtype), seed=seed),)
+
+
+class SkipTuningTestConditioning:
+    DESCRIPTION = "Test only: a seeded CONDITIONING that fits the tiny models (4 tokens x 32)."
+    CATEGORY = _CATEGORY
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 1, "min": 0, "max": 2**31 - 1})}}
+
+    def make(self, seed):
+        return (_helpers().tiny_conditioning(seed),)
+
+
+class SkipTuningTestLatentStats:
+    DESCRIPTION = "Test only: an output node that reports the shape and statistics of a LATENT."
+    CATEGORY = _CATEGORY
+    RETURN_TYPES = ()
+    FUNCTION = "report"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",)}}
+
+    def report(self, samples):
+        latent = samples["samples"].float()
+        stats = {
+            "shape": list(latent.shape),
+            "mean": float(latent.mean()),
+            "std": float(latent.std()),
+            "finite": bool(latent.isfinite().all()),
+            "values": [round(float(value), 6) for value in latent.flatten()[:16]],
+        }
+        return {"ui": {"skip_tuning_stats": [stats]}}
+
+
+NODE_CLASS_MAPPINGS = {
+    "SkipTuningTestTinyModel": SkipTuningTestTinyModel,
+    "SkipTuningTestConditioning": SkipTuningTestConditioning,
+    "SkipTuningTestLatentStats": SkipTuningTestLatentStats,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "SkipTuningTestTinyModel": "Tiny Test Model (Skip Tuning tests)",
+    "SkipTuningTestConditioning": "Tiny Test Conditioning (Skip Tuning tests)",
+    "SkipTuningTestLatentStats": "Latent Stats (Skip Tuning tests)",
+}

@@ -1,0 +1,96 @@
+"""Shared fixtures. ComfyUI fixtures skip with a reason when no checkout is found.
+
+A checkout is looked for at env COMFYUI_PATH, else ~/ComfyUI. With
+SKIP_TUNING_REQUIRE_COMFYUI=1 (set by .ci/run when it finds a checkout) a checkout
+that cannot be imported or started fails the tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "comfyui: needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
+    config.addinivalue_line("markers", "comfyui_server: starts ComfyUI's main.py --cpu in a subprocess")
+
+
+def _require_comfyui() -> bool:
+    return os.environ.get("SKIP_TUNING_REQUIRE_COMFYUI", "") not in ("", "0")
+
+
+def _unavailable(reason: str):
+    if _require_comfyui():
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def comfyui_path():
+    """Path of the ComfyUI checkout; skips the test when there is none."""
+    import comfy_helpers
+
+    path = comfy_helpers.find_comfyui()
+    if path is None:
+        _unavailable(comfy_helpers.comfyui_missing_reason())
+    return path
+
+
+@pytest.fixture(scope="session")
+def comfy(comfyui_path):
+    """ComfyUI imported in this process (CPU unless CUDA is available); yields the checkout path."""
+    import comfy_helpers
+
+    try:
+        comfy_helpers.import_comfyui(comfyui_path)
+    except Exception as error:  # missing requirements of the checkout
+        _unavailable(f"ComfyUI at {comfyui_path} cannot be imported: {type(error).__name__}: {error}")
+    return comfyui_path
+
+
+@pytest.fixture(scope="session")
+def skip_tuning_pack(comfy):
+    """The repository imported as a node pack (``skip_tuning_pack``), as ComfyUI imports it."""
+    import comfy_helpers
+
+    return comfy_helpers.load_pack()
+
+
+@pytest.fixture(scope="session")
+def comfyui_server(comfyui_path, tmp_path_factory):
+    """ComfyUI's main.py --cpu with this extension and tests/comfy_test_nodes in custom_nodes.
+
+    One server per test session; always stopped at the end. Its base directory (models,
+    output, the server log) is a fresh temporary folder.
+    """
+    import comfy_helpers
+
+    base = tmp_path_factory.mktemp("comfyui_base")
+    packs = {"skip-tuning": comfy_helpers.REPO_ROOT, "skip_tuning_test_nodes": comfy_helpers.TEST_NODES_DIR}
+    try:
+        context = comfy_helpers.comfyui_server(comfyui_path, base, packs)
+        server = context.__enter__()
+    except RuntimeError as error:
+        _unavailable(f"ComfyUI server did not start: {error}")
+    try:
+        yield server
+    finally:
+        context.__exit__(None, None, None)
+
+
+def pytest_terminal_summary(terminalreporter):
+    import sys
+
+    helpers = sys.modules.get("comfy_helpers")
+    if helpers is None or not (helpers.MEASURED_RHOS or helpers.MEASURED_WINDOWS):
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("Skip Tuning: measured skip scales (probe after / probe before)")
+    for model, rows in helpers.MEASURED_RHOS.items():
+        write(model)
+        for block, expected, low, high in rows:
+            write(f"  block {block:2d}: formula {expected:.6f}  measured {low:.6f} .. {high:.6f}")
+    for setting, rows in helpers.MEASURED_WINDOWS.items():
+        write(setting + ": " + ", ".join(f"step {k} sigma {sigma} {'on' if on else 'off'}" for k, sigma, on in rows))

@@ -1,0 +1,145 @@
+"""Cheap checks of the benchmark scripts (benchmarks/): statistics, plans, the A1111-path driver.
+
+The benchmarks themselves are not tests; these only guard the pieces their numbers rest on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+np = pytest.importorskip("numpy", reason="numpy is not installed")
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+if BENCHMARKS not in sys.path:
+    sys.path.insert(0, BENCHMARKS)
+
+import _common  # noqa: E402
+
+HAVE_SCIPY = importlib.util.find_spec("scipy") is not None
+HAVE_DEMO_DEPS = all(importlib.util.find_spec(m) is not None for m in ("ldm", "diffusers", "safetensors", "scipy"))
+
+
+@pytest.mark.skipif(not HAVE_SCIPY, reason="scipy is not installed")
+def test_fast_frechet_distance_matches_scipy_reference():
+    from _stats import Reference
+
+    from skip_tuning_demo.metrics import feature_stats, frechet_distance
+
+    rng = np.random.default_rng(0)
+    ref_features = rng.normal(size=(600, 16)) @ rng.normal(size=(16, 16))
+    features = rng.normal(0.3, 1.2, size=(400, 16)) @ rng.normal(size=(16, 16))
+    mu_r, sigma_r = feature_stats(ref_features)
+    mu, sigma = feature_stats(features)
+    expected = frechet_distance(mu, sigma, mu_r, sigma_r)
+    assert Reference(mu_r, sigma_r).fd(features) == pytest.approx(expected, rel=1e-6)
+    assert Reference(mu_r, sigma_r).fd(ref_features) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.skipif(not HAVE_SCIPY, reason="scipy is not installed")
+def test_paired_bootstrap_of_identical_runs_is_zero():
+    from _stats import Reference, paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(200, 8))
+    ref = Reference(np.zeros(8), np.eye(8))
+    fd_a, fd_b, diffs = paired_bootstrap(ref, features, features.copy(), n_boot=20)
+    assert fd_a == fd_b
+    assert np.all(diffs == 0)
+
+
+def test_equal_quality_interpolates_in_log_steps():
+    from quality_report import describe_match, equal_quality_steps
+
+    plain = {4: 40.0, 8: 20.0, 16: 10.0, 50: 5.0}
+    kind, steps = equal_quality_steps(plain, 15.0)
+    assert kind == "at" and steps == pytest.approx(math.sqrt(8 * 16))
+    assert equal_quality_steps(plain, 50.0) == ("below", 4)
+    assert equal_quality_steps(plain, 1.0) == ("above", 50)
+    assert "2.0x" in describe_match(("at", 12.0), 6)
+
+
+def test_seed_blocks_are_balanced_deterministic_and_distinct():
+    from quality import block_seeds
+
+    labels0, noise0, step0 = block_seeds(0, 250)
+    again, _, _ = block_seeds(0, 250)
+    labels1, noise1, step1 = block_seeds(1, 250)
+    assert torch.equal(labels0, again)
+    assert torch.bincount(labels0, minlength=10).tolist() == [25] * 10
+    assert not torch.equal(labels0, labels1)
+    assert len({noise0, noise1, step0, step1}) == 4
+
+
+def test_presets_plan_the_specified_grid():
+    from quality import ALL_RHOS, ALL_SAMPLERS, ALL_STEPS, PRESETS, nfe, plan
+
+    full = plan(PRESETS["full"], "/nonexistent", "diffusers", 0)
+    assert len(full) == len(ALL_SAMPLERS) * len(ALL_STEPS) * 2 * len(ALL_RHOS) * 4
+    assert {rho for *_, rho, _ in full} >= {0.6, 1.0, 1.2}
+    assert nfe("heun", 10) == 19 and nfe("euler", 10) == 10
+    # "best" stages fall back to plain when nothing has been screened yet
+    confirm = plan(PRESETS["headline"], "/nonexistent", "diffusers", 1)
+    assert confirm and all(rho == 1.0 for *_, rho, _ in confirm)
+
+
+def test_peak_tensor_memory_counts_live_storage():
+    x = torch.ones(1000, 250)  # 1 MB, made before tracking: not counted
+    with _common.PeakTensorMemory() as tracker:
+        a = x * 2
+        b = a * 3
+        del a
+        c = torch.cat([b, b])
+        del b, c
+    assert tracker.peak == 3 * x.nbytes
+    assert tracker.live == 0
+
+
+@pytest.mark.comfyui
+def test_sgm_style_loop_matches_comfy_and_both_adapter_paths_agree(comfy):
+    """The A1111-path driver of overhead.py computes ComfyUI's forward, and hooks == patch."""
+    import comfy_helpers
+    import overhead
+
+    from skip_tuning_core import SkipScalingHooks, make_output_block_patch, rho_schedule
+
+    unet = comfy_helpers.build_tiny_unet("sdxl", seed=3).model.diffusion_model
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=gen)
+    t = torch.tensor([100.0, 700.0])
+    context = torch.randn(2, comfy_helpers.CONTEXT_TOKENS, comfy_helpers.CONTEXT_DIM, generator=gen)
+    rhos = rho_schedule(len(unet.output_blocks), 0.7)
+    with torch.inference_mode():
+        native = unet(x, t, context, transformer_options={})
+        driven = overhead.sgm_style_forward(unet, x, t, context)
+        patched = unet(x, t, context, transformer_options={"patches": {
+            "output_block_patch": [make_output_block_patch(rhos)]}})
+        with SkipScalingHooks(unet, rhos):
+            hooked = overhead.sgm_style_forward(unet, x, t, context)
+    torch.testing.assert_close(driven, native, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hooked, patched, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(hooked, native)
+
+
+@pytest.mark.comfyui
+@pytest.mark.skipif(not HAVE_DEMO_DEPS, reason="needs ldm, diffusers, safetensors and scipy")
+def test_demo_model_in_comfy_matches_ldm(comfy):
+    from skip_tuning_demo.model import UNET_WEIGHTS
+
+    if not os.path.exists(UNET_WEIGHTS):
+        pytest.skip("demo weights not present")
+    from _comfy_demo import load_demo_in_comfy
+
+    patcher, ldm_unet, table, _ = load_demo_in_comfy()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 16, 16, generator=gen)
+    t = torch.tensor([10.0, 500.0, 990.0])
+    context = table[[0, 5, 10]]
+    with torch.inference_mode():
+        torch.testing.assert_close(patcher.model.diffusion_model(x, t, context), ldm_unet(x, t, context=context),
+                                   rtol=1e-4, atol=1e-4)

@@ -1,0 +1,120 @@
+"""ComfyUI's own server (main.py --cpu) with the extension in custom_nodes.
+
+One server for the session (fixture ``comfyui_server`` in conftest.py). The graphs use the
+test-only nodes of tests/comfy_test_nodes, so no weights file is needed.
+"""
+
+import math
+
+import pytest
+
+from skip_tuning_core import DEFAULT_RHO_BOTTOM, DEFAULT_RHO_TOP
+
+pytestmark = [pytest.mark.comfyui, pytest.mark.comfyui_server]
+
+
+def graph(model_node="SkipTuning", model_inputs=None, kind="sd1", steps=3, dtype="float32"):
+    """Tiny model -> [Skip Tuning node] -> KSampler -> latent stats."""
+    nodes = {
+        "1": {"class_type": "SkipTuningTestTinyModel", "inputs": {"kind": kind, "dtype": dtype, "seed": 0}},
+        "3": {"class_type": "SkipTuningTestConditioning", "inputs": {"seed": 1}},
+        "4": {"class_type": "SkipTuningTestConditioning", "inputs": {"seed": 2}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {
+            "model": ["2", 0] if model_node else ["1", 0], "seed": 0, "steps": steps, "cfg": 3.0,
+            "sampler_name": "euler", "scheduler": "simple", "positive": ["3", 0], "negative": ["4", 0],
+            "latent_image": ["5", 0], "denoise": 1.0}},
+        "7": {"class_type": "SkipTuningTestLatentStats", "inputs": {"samples": ["6", 0]}},
+    }
+    if model_node:
+        nodes["2"] = {"class_type": model_node, "inputs": {"model": ["1", 0], **(model_inputs or {})}}
+    return nodes
+
+
+def stats(entry):
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    return entry["outputs"]["7"]["skip_tuning_stats"][0]
+
+
+def execution_error(entry):
+    assert entry["status"]["status_str"] == "error", entry["status"]
+    errors = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert len(errors) == 1
+    executed = {node for event, data in entry["status"]["messages"] if event == "executed" for node in [data]}
+    return errors[0], executed
+
+
+def test_object_info_lists_both_nodes_with_sliders(comfyui_server):
+    info = comfyui_server.get_json("/object_info")
+    for name, display in (("SkipTuning", "Skip Tuning"), ("SkipTuningAdvanced", "Skip Tuning (Advanced)")):
+        assert name in info, f"{name} missing; server log:\n{comfyui_server.log()[-3000:]}"
+        node = info[name]
+        assert node["display_name"] == display
+        assert node["category"] == "model_patches/unet"
+        assert node["output"] == ["MODEL"]
+        assert "Skip-Tuning" in node["description"] or "Skip Tuning" in node["description"]
+        assert node["python_module"].startswith("custom_nodes.")
+        required = node["input"]["required"]
+        for rho, default in (("rho_bottom", DEFAULT_RHO_BOTTOM), ("rho_top", DEFAULT_RHO_TOP)):
+            kind, options = required[rho]
+            assert kind == "FLOAT"
+            assert options["display"] == "slider"
+            assert (options["min"], options["max"], options["step"], options["default"]) == (0.0, 2.0, 0.01, default)
+            assert options["tooltip"]
+        assert required["model"][1]["tooltip"]
+    advanced = info["SkipTuningAdvanced"]["input"]
+    assert {"start_percent", "end_percent"} <= set(advanced["required"])
+    assert {"rho_per_skip", "scale_controlnet"} <= set(advanced["optional"])
+    assert "FreeU" in info and info["FreeU"]["category"] == info["SkipTuning"]["category"]
+    failures = [line for line in comfyui_server.log().splitlines()
+                if ("Cannot import" in line or "IMPORT FAILED" in line) and "custom_nodes" in line and "skip" in line]
+    assert failures == []
+
+
+def test_prompt_through_the_node_runs_to_completion(comfyui_server):
+    plain = stats(comfyui_server.run_prompt(graph(model_node=None)))
+    tuned = stats(comfyui_server.run_prompt(graph(model_inputs={"rho_bottom": 0.7, "rho_top": 1.0})))
+    neutral = stats(comfyui_server.run_prompt(graph(model_inputs={"rho_bottom": 1.0, "rho_top": 1.0})))
+    for result in (plain, tuned, neutral):
+        assert result["shape"] == [1, 4, 8, 8] and result["finite"]
+    assert neutral["values"] == plain["values"], "rho = 1 reproduces the unpatched sample"
+    assert tuned["values"] != plain["values"]
+
+
+def test_advanced_node_in_a_prompt(comfyui_server):
+    inputs = {"rho_bottom": 0.8, "rho_top": 1.0, "start_percent": 0.2, "end_percent": 0.8,
+              "rho_per_skip": "0.6, 0.7, 0.8, 0.9, 1.0, 1.0", "scale_controlnet": False}
+    result = stats(comfyui_server.run_prompt(graph("SkipTuningAdvanced", inputs, kind="sdxs", dtype="bfloat16")))
+    assert result["finite"]
+    # Optional inputs may be left out by API clients.
+    inputs = {"rho_bottom": 0.8, "rho_top": 1.0, "start_percent": 0.0, "end_percent": 1.0}
+    assert stats(comfyui_server.run_prompt(graph("SkipTuningAdvanced", inputs, kind="sdxl")))["finite"]
+
+
+def test_model_without_long_skips_passes_through(comfyui_server):
+    result = stats(comfyui_server.run_prompt(graph(model_inputs={"rho_bottom": 0.7, "rho_top": 1.0}, kind="flux")))
+    assert result["shape"] == [1, 16, 8, 8] and result["finite"]
+    assert "Flux" in comfyui_server.log() and "passed through unchanged" in comfyui_server.log()
+
+
+@pytest.mark.parametrize("node, inputs, fragment", [
+    ("SkipTuning", {"rho_bottom": math.nan, "rho_top": 1.0}, "rho_bottom must be finite"),
+    ("SkipTuningAdvanced", {"rho_bottom": 0.8, "rho_top": 1.0, "start_percent": 0.0, "end_percent": 1.0,
+                            "rho_per_skip": "0.8, 0.9, 1.0"}, "this model has 12 long skips"),
+    ("SkipTuningAdvanced", {"rho_bottom": 0.8, "rho_top": 1.0, "start_percent": 0.9, "end_percent": 0.1},
+     "must not be after end_percent"),
+])
+def test_bad_values_fail_before_sampling(comfyui_server, node, inputs, fragment):
+    entry = comfyui_server.run_prompt(graph(node, inputs))
+    error, executed = execution_error(entry)
+    assert error["node_type"] == node and error["node_id"] == "2"
+    assert fragment in error["exception_message"]
+    assert "6" not in {data.get("node") for data in executed}, "KSampler must not run"
+
+
+@pytest.mark.parametrize("inputs", [{"rho_bottom": 5.0, "rho_top": 1.0}, {"rho_bottom": 0.8, "rho_top": -1.0},
+                                    {"rho_bottom": math.inf, "rho_top": 1.0}])
+def test_out_of_range_values_are_rejected_by_validation(comfyui_server, inputs):
+    status, body = comfyui_server.queue_prompt(graph(model_inputs=inputs))
+    assert status == 400
+    assert "2" in body.get("node_errors", {}), body
