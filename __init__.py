@@ -6,14 +6,9 @@ ComfyUI at load time, so the repository also imports cleanly without it (tests, 
 Automatic1111/Forge, which load scripts/ and never this file). Imported as a plain
 module rather than a package, it registers nothing.
 
-Node modules: ``nodes.py`` (Skip Tuning, Skip Tuning (Advanced)) and every
-``nodes_*.py`` beside it, each with its own NODE_CLASS_MAPPINGS; one that fails to
-import is logged and skipped so that the others still load.
+Module names are unique (``skip_tuning_*``): Forge keeps extension folders on
+sys.path and ComfyUI has its own top-level ``nodes``.
 """
-
-import importlib
-import logging
-import os
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
@@ -21,21 +16,9 @@ WEB_DIRECTORY = "./js"
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
 
-
-def _register(module) -> None:
-    NODE_CLASS_MAPPINGS.update(getattr(module, "NODE_CLASS_MAPPINGS", {}))
-    NODE_DISPLAY_NAME_MAPPINGS.update(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", {}))
-
-
 if __package__:
-    from . import nodes as _nodes
+    from . import skip_tuning_compare, skip_tuning_nodes
 
-    _register(_nodes)
-
-    _here = os.path.dirname(os.path.abspath(__file__))
-    for _file in sorted(os.listdir(_here)):
-        if _file.startswith("nodes_") and _file.endswith(".py"):
-            try:
-                _register(importlib.import_module(f".{_file[:-3]}", __package__))
-            except Exception:
-                logging.getLogger("skip_tuning").exception("Skip Tuning: could not load %s", _file)
+    for _module in (skip_tuning_nodes, skip_tuning_compare):
+        NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+        NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

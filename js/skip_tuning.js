@@ -28,8 +28,10 @@ function widgetValue(node, name) {
   return node.widgets?.find((w) => w.name === name)?.value;
 }
 
+// Inputs among `names` whose value comes from a link rather than the widget.
 function linkedInputs(node, names) {
-  return names.filter((name) => node.inputs?.some((input) => input.link != null && (input.widget?.name ?? input.name) === name));
+  const linked = (name) => (input) => input.link != null && (input.widget?.name ?? input.name) === name;
+  return names.filter((name) => node.inputs?.some(linked(name)));
 }
 
 function previewSkips(node) {
@@ -137,7 +139,8 @@ function drawProfile(ctx, node, width, y) {
     for (let i = 0; i < n; i++) {
       const rho = profile.rhos[i];
       const top = yOf(rho);
-      const bar = { index: i, rho, x: chartLeft + i * slot + (slot - barWidth) / 2, y: top, w: barWidth, h: baseline - top, color: barColor(rho) };
+      const x = chartLeft + i * slot + (slot - barWidth) / 2;
+      const bar = { index: i, rho, x, y: top, w: barWidth, h: baseline - top, color: barColor(rho) };
       ctx.fillStyle = bar.color;
       ctx.fillRect(bar.x, bar.y, bar.w, Math.max(bar.h, 1));
       bars.push(bar);
@@ -171,7 +174,8 @@ function drawProfile(ctx, node, width, y) {
     ctx.font = "11px sans-serif";
     ctx.textAlign = "center";
     ctx.fillStyle = profile.kind === "error" ? COLORS.error : dim;
-    ctx.fillText(fitText(ctx, profile.message, chartRight - chartLeft), (chartLeft + chartRight) / 2, (chartTop + baseline) / 2);
+    const message = fitText(ctx, profile.message, chartRight - chartLeft);
+    ctx.fillText(message, (chartLeft + chartRight) / 2, (chartTop + baseline) / 2);
   }
 
   ctx.font = "9px sans-serif";
@@ -187,7 +191,12 @@ function drawProfile(ctx, node, width, y) {
 
   // What was drawn, in node coordinates: read back by the browser tests.
   node.skipTuningProfile = {
-    kind: profile.kind, rhos: profile.rhos.slice(), message: profile.message, window: profile.window ?? null, axisMax, bars,
+    kind: profile.kind,
+    rhos: profile.rhos.slice(),
+    message: profile.message,
+    window: profile.window ?? null,
+    axisMax,
+    bars,
   };
 }
 
@@ -227,7 +236,8 @@ function addProfileWidget(node) {
   }
 
   const size = node.computeSize();
-  node.setSize([Math.max(node.size?.[0] ?? 0, size[0], MIN_NODE_WIDTH), Math.max(node.size?.[1] ?? 0, size[1])]);
+  const width = Math.max(node.size?.[0] ?? 0, size[0], MIN_NODE_WIDTH);
+  node.setSize([width, Math.max(node.size?.[1] ?? 0, size[1])]);
 }
 
 app.registerExtension({

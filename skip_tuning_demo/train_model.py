@@ -130,6 +130,12 @@ def parse_args(argv=None):
     p.add_argument("--ema-decay", type=float, default=0.9995)
     p.add_argument("--label-dropout", type=float, default=0.12)
     p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument(
+        "--min-snr-gamma",
+        type=float,
+        default=0.0,
+        help="Min-SNR weighting min(SNR, gamma)/SNR of the eps loss (0 = plain MSE, as for the shipped model)",
+    )
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -204,6 +210,7 @@ def main(argv=None) -> int:
             "lr": args.lr,
             "ema_decay": args.ema_decay,
             "label_dropout": args.label_dropout,
+            "min_snr_gamma": args.min_snr_gamma,
             "seed": args.seed,
             "wall_seconds": round(time.time() - t_start, 1),
             "recent_loss": round(float(np.mean(loss_hist[-200:])), 5) if loss_hist else None,
@@ -248,7 +255,12 @@ def main(argv=None) -> int:
         xt = sqrt_ac[t].view(-1, 1, 1, 1) * x0 + sqrt_1mac[t].view(-1, 1, 1, 1) * noise
 
         pred = model(xt, t, y)
-        loss = F.mse_loss(pred, noise)
+        if args.min_snr_gamma > 0:
+            snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+            w = torch.clamp(snr, max=args.min_snr_gamma) / snr
+            loss = (w * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        else:
+            loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:

@@ -379,10 +379,8 @@ def comfyui_server(comfyui_path: Path, base_directory: Path, packs: dict, startu
 
     port = free_port()
     log_path = base_directory / "comfyui-server.log"
-    command = [
-        sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-        "--base-directory", str(base_directory), "--database-url", "sqlite:///:memory:", *extra_args,
-    ]
+    command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+               *_directory_args(Path(comfyui_path), base_directory), *extra_args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, cwd=str(comfyui_path), stdout=log_file, stderr=subprocess.STDOUT,
@@ -405,6 +403,25 @@ def comfyui_server(comfyui_path: Path, base_directory: Path, packs: dict, startu
         yield server
     finally:
         _stop(process)
+
+
+def _directory_args(comfyui_path: Path, base_directory: Path) -> list:
+    """Point the server at base_directory: --base-directory where it exists (2025), else the older flags."""
+    cli_args = (comfyui_path / "comfy" / "cli_args.py").read_text(errors="replace")
+    args = []
+    if "--base-directory" in cli_args:
+        args += ["--base-directory", str(base_directory)]
+    else:  # ComfyUI from 2024: custom_nodes through an extra paths file, the rest through their own flags
+        config = base_directory / "extra_model_paths.yaml"
+        config.write_text(f"skip_tuning_tests:\n    base_path: {json.dumps(str(base_directory))}\n"
+                          "    custom_nodes: custom_nodes\n")
+        args += ["--extra-model-paths-config", str(config)]
+        for name in ("output", "input", "temp"):
+            (base_directory / name).mkdir(exist_ok=True)
+            args += [f"--{name}-directory", str(base_directory / name)]
+    if "--database-url" in cli_args:
+        args += ["--database-url", "sqlite:///:memory:"]
+    return args
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -68,7 +68,11 @@ def comfyui_server(comfyui_path, tmp_path_factory):
     import comfy_helpers
 
     base = tmp_path_factory.mktemp("comfyui_base")
-    packs = {"skip-tuning": comfy_helpers.REPO_ROOT, "skip_tuning_test_nodes": comfy_helpers.TEST_NODES_DIR}
+    packs = {
+        "skip-tuning": comfy_helpers.REPO_ROOT,
+        "skip_tuning_test_nodes": comfy_helpers.TEST_NODES_DIR,
+        "skip_tuning_frontend_test_nodes": comfy_helpers.TESTS_DIR / "comfy_test_nodes_frontend",
+    }
     try:
         context = comfy_helpers.comfyui_server(comfyui_path, base, packs)
         server = context.__enter__()
@@ -91,6 +95,8 @@ def pytest_terminal_summary(terminalreporter):
     for model, rows in helpers.MEASURED_RHOS.items():
         write(model)
         for block, expected, low, high in rows:
-            write(f"  block {block:2d}: formula {expected:.6f}  measured {low:.6f} .. {high:.6f}")
+            deviation = max(abs(low - expected), abs(high - expected))
+            write(f"  block {block:2d}: formula {expected:.8f}  measured {low:.8f} .. {high:.8f}"
+                  f"  (max deviation {deviation:.1e})")
     for setting, rows in helpers.MEASURED_WINDOWS.items():
         write(setting + ": " + ", ".join(f"step {k} sigma {sigma} {'on' if on else 'off'}" for k, sigma, on in rows))

@@ -19,7 +19,7 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def nodes(skip_tuning_pack):
-    return skip_tuning_pack.nodes
+    return skip_tuning_pack.skip_tuning_nodes
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +228,10 @@ def test_bf16_model_keeps_its_dtype(tiny, nodes):
 
 
 def test_model_without_long_skips_passes_through(tiny, nodes, caplog):
+    import comfy.supported_models
+
+    if not hasattr(comfy.supported_models, "Flux"):
+        pytest.skip("this ComfyUI predates Flux (2024-08)")
     base = tiny("flux")
     with caplog.at_level(logging.WARNING, logger="skip_tuning"):
         result = nodes.SkipTuning().patch(base, 0.7, 1.0)[0]
@@ -267,7 +271,6 @@ def residual_control(skip_shapes, seed=5):
 def test_controlnet_residual_scaled_or_kept(tiny, nodes, monkeypatch, caplog):
     base = tiny("koala")
     n, rho = 6, 0.5
-    _, shapes_probe = ch.skip_probe(base)
     probe_model, records = ch.skip_probe(base)
     ch.sample(probe_model, steps=1)
     skip_shapes = [tuple(r["hsp"].shape) for r in records[:n]]
@@ -291,16 +294,19 @@ def test_controlnet_residual_scaled_or_kept(tiny, nodes, monkeypatch, caplog):
     for b, a in pairs(before, after):
         assert torch.equal(a["hsp"], b["hsp"] * rho)
 
-    # scale_controlnet off: rho * skip + residual.
-    model, before, after = probed(base, lambda m: nodes.SkipTuningAdvanced().patch(m, rho, rho, 0, 1, "", False)[0])
-    ch.sample(model, *conds(), steps=STEPS)
-    for b, a in pairs(before, after):
-        residual = residual_of_block[b["block"]].expand_as(b["hsp"])
-        torch.testing.assert_close(a["hsp"], rho * (b["hsp"] - residual) + residual, rtol=1e-5, atol=1e-5)
-        assert not torch.allclose(a["hsp"], b["hsp"] * rho, rtol=1e-3, atol=1e-3)
+    if nodes.diffusion_model_wrapper_type(base) is not None:
+        # scale_controlnet off: rho * skip + residual.
+        model, before, after = probed(
+            base, lambda m: nodes.SkipTuningAdvanced().patch(m, rho, rho, 0, 1, "", False)[0])
+        ch.sample(model, *conds(), steps=STEPS)
+        for b, a in pairs(before, after):
+            residual = residual_of_block[b["block"]].expand_as(b["hsp"])
+            torch.testing.assert_close(a["hsp"], rho * (b["hsp"] - residual) + residual, rtol=1e-5, atol=1e-5)
+            assert not torch.allclose(a["hsp"], b["hsp"] * rho, rtol=1e-3, atol=1e-3)
+        # Simulate a ComfyUI from before model wrappers (2024-12) for the fallback below.
+        monkeypatch.setattr(nodes, "diffusion_model_wrapper_type", lambda model: None)
 
     # A ComfyUI without model wrappers: warn, and scale the residual with the skip.
-    monkeypatch.setattr(nodes, "diffusion_model_wrapper_type", lambda model: None)
     with caplog.at_level(logging.WARNING, logger="skip_tuning"):
         model, before, after = probed(
             base, lambda m: nodes.SkipTuningAdvanced().patch(m, rho, rho, 0, 1, "", False)[0])

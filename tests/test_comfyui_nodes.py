@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 pack = comfy_helpers.load_pack()
-nodes = pack.nodes
+nodes = pack.skip_tuning_nodes
 
 
 class FakeUNet(nn.Module):
@@ -178,6 +178,8 @@ def test_sigma_window_helper():
     ({"rho_per_skip": "0.8, 0.9"}, "rho_per_skip has 2 values but this model has 9 long skips"),
     ({"rho_per_skip": "0.8, x"}, "rho_per_skip entry 2 must be a number"),
     ({"scale_controlnet": "no"}, "scale_controlnet must be true or false"),
+    ({"rho_per_skip": 0.8}, "rho_per_skip must be a comma-separated list"),
+    ({"rho_per_skip": [0.8] * 8 + [float("nan")]}, "rho_per_skip entry 9 must be finite"),
 ])
 def test_bad_values_raise_before_sampling(kwargs, fragment):
     arguments = {"rho_bottom": 0.8, "rho_top": 1.0, "start_percent": 0.0, "end_percent": 1.0,

@@ -20,7 +20,7 @@ import comfy_helpers  # noqa: E402
 @pytest.fixture(scope="module")
 def compare():
     """The node module, imported the way ComfyUI imports the pack (no ComfyUI needed)."""
-    return comfy_helpers.load_pack().nodes_compare
+    return comfy_helpers.load_pack().skip_tuning_compare
 
 
 # -- lists --------------------------------------------------------------------------------------
@@ -37,6 +37,7 @@ def test_parses_step_and_rho_lists(compare):
     ("4,,8", "1.0", "entry 2 is empty"),
     ("4, 8.5", "1.0", "entry 2 ('8.5') is not a whole number"),
     ("4, -1", "1.0", "is not a whole number"),
+    ("4, ²", "1.0", "is not a whole number"),
     ("0", "1.0", "must be between 1 and 10000"),
     ("20000", "1.0", "must be between 1 and 10000"),
     ("4", "", "rho_bottom_list is empty"),
@@ -85,7 +86,9 @@ def test_grid_places_every_cell_where_its_layout_says(compare):
         assert (area - background).abs().amax() > 0.5
 
 
-def test_rho_labels_mark_the_untuned_row(compare):
+def test_labels(compare):
+    assert [compare.steps_label(n) for n in (1, 2, 16)] == ["1 step", "2 steps", "16 steps"]
+    # rho_bottom rows: the untuned one is marked
     assert compare.rho_label(1.0, 1.0) == "rho_bottom\n1.00 (off)"
     assert compare.rho_label(1.0, 0.9) == "rho_bottom\n1.00"
     assert compare.rho_label(0.85, 1.0) == "rho_bottom\n0.85"
@@ -160,7 +163,7 @@ def test_sweep_matches_comfyui_sampling_with_and_without_skip_tuning(compare, ti
 
     assert images.shape == (4, 64, 64, 3)  # row-major: (1.0, 1), (1.0, 2), (0.5, 1), (0.5, 2)
     rows = [compare.rho_label(1.0, 1.0), compare.rho_label(0.5, 1.0)]
-    layout = compare.GridLayout(2, 2, 64, 64, rows, ["1 steps", "2 steps"],
+    layout = compare.GridLayout(2, 2, 64, 64, rows, ["1 step", "2 steps"],
                                 "seed 5, euler/normal, cfg 2, rho_top 1.00")
     assert grid.shape == (1, layout.size[1], layout.size[0], 3)
 
@@ -168,7 +171,7 @@ def test_sweep_matches_comfyui_sampling_with_and_without_skip_tuning(compare, ti
     assert torch.equal(images[0], _reference(tiny, tiny["model"], 1)[0])
     assert torch.equal(images[1], _reference(tiny, tiny["model"], 2)[0])
     # rho_bottom 0.5: exactly what sampling the Skip Tuning node's model gives.
-    tuned = comfy_helpers.load_pack().nodes.SkipTuning().patch(tiny["model"], 0.5, 1.0)[0]
+    tuned = comfy_helpers.load_pack().skip_tuning_nodes.SkipTuning().patch(tiny["model"], 0.5, 1.0)[0]
     assert torch.equal(images[3], _reference(tiny, tuned, 2)[0])
     assert not torch.equal(images[1], images[3])
 

@@ -110,7 +110,7 @@ def chromium_executable():
 
 
 @pytest.fixture(scope="module")
-def server(chromium_executable, request, comfyui_path, tmp_path_factory):
+def server(request, comfyui_path, tmp_path_factory):
     """ComfyUI with the pack, the tiny test models and the test VAE node.
 
     Uses the session's server when it already has the test VAE (conftest installs
@@ -200,6 +200,17 @@ def _clip(page, nodes_expression="app.graph.nodes", margin=12):
         return box; }})()""")
     x0, y0 = max(0, x0 - margin), max(0, y0 - margin)
     return {"x": x0, "y": y0, "width": x1 + margin - x0, "height": y1 + margin - y0}
+
+
+def _click_menu_entry(page, text):
+    """Click the entry of the open LiteGraph context menu that contains ``text``."""
+    find = (f"(() => {{ const e = [...document.querySelectorAll('.litemenu-entry')].find((e) =>"
+            f" e.textContent.includes({json.dumps(text)})); if (!e) return null;"
+            f" const r = e.getBoundingClientRect(); return [r.left + 10, r.top + r.height / 2]; }})()")
+    at = page.wait_for(find, timeout=10)
+    page.mouse("mouseMoved", *at)
+    page.mouse("mousePressed", *at, buttons=1)
+    page.mouse("mouseReleased", *at)
 
 
 def _press_key(page, key, code=None, vk=0):
@@ -336,6 +347,16 @@ def test_slider_drag_redraws_the_profile_live(page, artifacts):
     _screenshot(page, artifacts, "skip_tuning_node", clip=_node_clip(page, "SkipTuning"), docs=True)
 
 
+def test_a_linked_rho_is_named_not_guessed(page):
+    profile = page.evaluate("""(() => { app.graph.clear();
+        const n = LiteGraph.createNode('SkipTuning'); n.pos = [420, 120]; app.graph.add(n);
+        const p = LiteGraph.createNode('PrimitiveFloat'); p.pos = [60, 120]; app.graph.add(p);
+        p.connect(0, n, n.inputs.findIndex((i) => i.name === 'rho_bottom'));
+        __st.view(0, 0); return __st.profile(n); })()""")
+    assert profile["kind"] == "linked" and profile["bars"] == []
+    assert profile["message"] == "rho_bottom set by a link: profile known at run time"
+
+
 def test_per_skip_override_preview_size_and_window_are_drawn(page, artifacts):
     page.evaluate("""(() => { app.graph.clear(); const n = LiteGraph.createNode('SkipTuningAdvanced');
         n.pos = [120, 120]; app.graph.add(n); __st.view(0, 0); return true; })()""")
@@ -367,11 +388,15 @@ def test_per_skip_override_preview_size_and_window_are_drawn(page, artifacts):
     assert profile["window"] == "active from 0% to 60% of sampling"
     assert page.evaluate("document.querySelectorAll('b').length") == 0  # never turned into HTML
 
-    # Without an override, the preview size comes from the node's context menu choice.
-    page.evaluate("""(() => { const n = __st.node('SkipTuningAdvanced'); __st.widget(n, 'rho_per_skip').value = '';
-        const options = []; n.getExtraMenuOptions(app.canvas, options);
-        const menu = options.find((o) => o && o.content === 'Skip profile preview');
-        menu.submenu.options.find((o) => o.content.includes('9 skips')).callback(); return true; })()""")
+    # Without an override, the preview size is picked in the node's context menu.
+    page.evaluate("__st.widget(__st.node('SkipTuningAdvanced'), 'rho_per_skip').value = ''; true")
+    title = page.evaluate("__st.client(__st.node('SkipTuningAdvanced'), 60, -LiteGraph.NODE_TITLE_HEIGHT / 2)")
+    page.mouse("mouseMoved", *title)
+    for kind, buttons in (("mousePressed", 2), ("mouseReleased", 0)):
+        page.send("Input.dispatchMouseEvent", {"type": kind, "x": title[0], "y": title[1], "button": "right",
+                                               "buttons": buttons, "clickCount": 1})
+    _click_menu_entry(page, "Skip profile preview")
+    _click_menu_entry(page, "9 skips (SDXL)")
     profile = page.evaluate("__st.profile(__st.node('SkipTuningAdvanced'))")
     assert profile["kind"] == "schedule" and len(profile["rhos"]) == 9
     assert "preview for 9 skips" in profile["message"]
@@ -429,6 +454,8 @@ def test_a_saved_workflow_keeps_the_values(page, prepared_server):
 
 def test_node_help_pages_are_served_where_the_front_end_looks(prepared_server):
     for node in ("SkipTuning", "SkipTuningAdvanced", "SkipTuningCompare"):
+        # The front end takes the folder name from python_module: /extensions/<folder>/docs/<node>.md
+        assert prepared_server.get_json(f"/object_info/{node}")[node]["python_module"] == f"custom_nodes.{PACK}"
         status, body = prepared_server.request("GET", f"/extensions/{PACK}/docs/{node}.md")
         assert status == 200, (node, status)
         assert isinstance(body, str) and body.startswith("# "), node
@@ -537,7 +564,7 @@ def _fetch_images(server, output):
 def test_compare_node_runs_through_prompt(prepared_server, artifacts):
     import numpy as np
 
-    compare = comfy_helpers.load_pack().nodes_compare
+    compare = comfy_helpers.load_pack().skip_tuning_compare
     entry = prepared_server.run_prompt(_compare_graph("1, 2", "1.0, 0.0"), timeout=600)
     assert entry["status"]["status_str"] == "success", entry["status"]
     (grid,) = _fetch_images(prepared_server, entry["outputs"]["grid"])
@@ -545,7 +572,7 @@ def test_compare_node_runs_through_prompt(prepared_server, artifacts):
     grid.save(artifacts / "compare_grid.png")
 
     rows = [compare.rho_label(1.0, 1.0), compare.rho_label(0.0, 1.0)]
-    layout = compare.GridLayout(2, 2, 64, 64, rows, ["1 steps", "2 steps"],
+    layout = compare.GridLayout(2, 2, 64, 64, rows, ["1 step", "2 steps"],
                                 "seed 11, euler/normal, cfg 2, rho_top 1.00")
     assert grid.size == layout.size
     assert len(cells) == 4 and all(cell.size == (64, 64) for cell in cells)

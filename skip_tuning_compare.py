@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .nodes import apply_skip_tuning, diffusion_model_of
 from .skip_tuning_core import SkipTuningError, count_long_skips, parse_rho_list, validate_rho
+from .skip_tuning_nodes import apply_skip_tuning, diffusion_model_of
 
 MAX_STEPS = 10000
 MAX_CELLS = 64
@@ -36,7 +36,7 @@ def parse_steps_list(text: str) -> tuple[int, ...]:
     for k, item in enumerate(items):
         if not item:
             raise SkipTuningError(f"steps_list {text!r}: entry {k + 1} is empty")
-        if not item.isdigit():
+        if not (item.isascii() and item.isdigit()):
             raise SkipTuningError(f"steps_list {text!r}: entry {k + 1} ({item!r}) is not a whole number")
         value = int(item)
         if not 1 <= value <= MAX_STEPS:
@@ -70,6 +70,10 @@ def rho_label(rho_bottom: float, rho_top: float) -> str:
     if rho_bottom == 1.0 and rho_top == 1.0:
         label += " (off)"
     return label
+
+
+def steps_label(count: int) -> str:
+    return f"{count} step" if count == 1 else f"{count} steps"
 
 
 def _font(size: int):
@@ -271,7 +275,7 @@ class SkipTuningCompare:
         grid = make_grid(
             cells,
             [rho_label(rho_bottom, rho_top) for rho_bottom in rho_bottoms],
-            [f"{count} steps" for count in steps],
+            [steps_label(count) for count in steps],
             title,
         )
         return grid, torch.cat(batches, dim=0)

@@ -139,7 +139,12 @@ def apply_skip_tuning(model, rho_bottom, rho_top, start_percent=0.0, end_percent
     start_percent, end_percent = validate_percent_window(start_percent, end_percent)
     if rho_per_skip is None:
         rho_per_skip = ""
-    explicit = parse_rho_list(rho_per_skip) if isinstance(rho_per_skip, str) else tuple(rho_per_skip)
+    if isinstance(rho_per_skip, str):
+        explicit = parse_rho_list(rho_per_skip)
+    elif isinstance(rho_per_skip, (list, tuple)):
+        explicit = tuple(validate_rho(value, f"rho_per_skip entry {k + 1}") for k, value in enumerate(rho_per_skip))
+    else:
+        raise SkipTuningError(f"rho_per_skip must be a comma-separated list of numbers, got {rho_per_skip!r}")
     scale_controlnet = _as_bool(scale_controlnet, "scale_controlnet")
 
     network = diffusion_model_of(model)
