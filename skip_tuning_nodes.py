@@ -61,6 +61,14 @@ _RHO_TOP_TOOLTIP = (
 _OUTPUT_TOOLTIP = "A copy of the model whose skip connections are scaled while sampling."
 
 
+def _model_and_rho_inputs() -> dict:
+    return {
+        "model": ("MODEL", {"tooltip": _MODEL_TOOLTIP}),
+        "rho_bottom": ("FLOAT", _rho_options(DEFAULT_RHO_BOTTOM, _RHO_BOTTOM_TOOLTIP)),
+        "rho_top": ("FLOAT", _rho_options(DEFAULT_RHO_TOP, _RHO_TOP_TOOLTIP)),
+    }
+
+
 def diffusion_model_of(model):
     """The model's denoiser network (``UNetModel`` for U-Nets), or None."""
     get_object = getattr(model, "get_model_object", None)
@@ -198,13 +206,7 @@ class SkipTuning:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": _MODEL_TOOLTIP}),
-                "rho_bottom": ("FLOAT", _rho_options(DEFAULT_RHO_BOTTOM, _RHO_BOTTOM_TOOLTIP)),
-                "rho_top": ("FLOAT", _rho_options(DEFAULT_RHO_TOP, _RHO_TOP_TOOLTIP)),
-            }
-        }
+        return {"required": _model_and_rho_inputs()}
 
     def patch(self, model, rho_bottom, rho_top):
         return (apply_skip_tuning(model, rho_bottom, rho_top),)
@@ -226,9 +228,7 @@ class SkipTuningAdvanced:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": _MODEL_TOOLTIP}),
-                "rho_bottom": ("FLOAT", _rho_options(DEFAULT_RHO_BOTTOM, _RHO_BOTTOM_TOOLTIP)),
-                "rho_top": ("FLOAT", _rho_options(DEFAULT_RHO_TOP, _RHO_TOP_TOOLTIP)),
+                **_model_and_rho_inputs(),
                 "start_percent": ("FLOAT", {
                     "default": 0.0, **_PERCENT_OPTIONS,
                     "tooltip": "Where in sampling tuning starts: 0 = the first step (highest noise).",
