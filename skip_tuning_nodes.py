@@ -69,25 +69,24 @@ def _model_and_rho_inputs() -> dict:
     }
 
 
-def diffusion_model_of(model):
-    """The model's denoiser network (``UNetModel`` for U-Nets), or None."""
+def _model_object(model, name: str):
+    """``model.get_model_object(name)`` (which sees object patches), else the attribute on the BaseModel."""
     get_object = getattr(model, "get_model_object", None)
     if get_object is not None:
         try:
-            return get_object("diffusion_model")
+            return get_object(name)
         except AttributeError:
             pass
-    return getattr(getattr(model, "model", None), "diffusion_model", None)
+    return getattr(getattr(model, "model", None), name, None)
+
+
+def diffusion_model_of(model):
+    """The model's denoiser network (``UNetModel`` for U-Nets), or None."""
+    return _model_object(model, "diffusion_model")
 
 
 def model_sampling_of(model):
-    get_object = getattr(model, "get_model_object", None)
-    if get_object is not None:
-        try:
-            return get_object("model_sampling")
-        except AttributeError:
-            pass
-    return model.model.model_sampling
+    return _model_object(model, "model_sampling")
 
 
 def describe_model(model) -> str:

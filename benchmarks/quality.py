@@ -17,7 +17,7 @@ Backends:
     python3 benchmarks/quality.py --preset headline          # 1000-sample headline (about an hour)
     python3 benchmarks/quality.py --preset comfy             # the same model through KSampler
     python3 benchmarks/quality.py --preset full              # the whole grid, 4 x 250 samples each
-    python3 benchmarks/quality.py --preset smoke --out /tmp/st_smoke
+    python3 benchmarks/quality.py --preset smoke --out outputs/smoke
 
 Presets run in stages; a stage may sample only the best rho_bottom of an earlier stage
 (selected on seed block 0, then measured on fresh blocks so the choice does not flatter it).
