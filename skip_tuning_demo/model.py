@@ -71,12 +71,17 @@ UNET_KWARGS: dict[str, Any] = {
     "image_size": LATENT_SIZE,
     "in_channels": LATENT_CHANNELS,
     "out_channels": LATENT_CHANNELS,
-    "model_channels": 32,
+    # 64, not 32: ldm's GroupNorm has 32 groups, and with one channel per group every
+    # norm (the last one before conv_out included) erases each channel's spatial mean.
+    # The eps output then cannot follow the noise's per-channel mean, an error that
+    # 1/sqrt(alpha_bar) amplifies at high noise into per-image offsets between the packed
+    # sub-pixels, which sampling keeps as a 2-pixel stripe/dot pattern.
+    "model_channels": 64,
     "num_res_blocks": 2,
     # ds factors with a SpatialTransformer (the middle block always has one).
     # ds=4 is the 4x4 level; 16x16 and 8x8 skip attention to keep CPU training cheap.
     "attention_resolutions": [4],
-    "channel_mult": [1, 2, 2, 2],
+    "channel_mult": [1, 1, 1, 1],
     "num_head_channels": 32,
     "use_spatial_transformer": True,
     "transformer_depth": 1,
