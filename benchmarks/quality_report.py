@@ -401,6 +401,7 @@ def plot_curves(curves, rows, path, tuned_curves=None):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     keys = sorted(curves)
     if not keys:
@@ -428,6 +429,7 @@ def plot_curves(curves, rows, path, tuned_curves=None):
         ticks = [s for s, _ in plain]
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(t) for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())  # log-scale minor labels would overprint the steps
         ax.set_xlabel("steps")
         ax.set_ylabel("FD to test set (lower is better)")
         ax.set_title(f"{LABELS[sampler]}, CFG {cfg:g}")

@@ -265,7 +265,7 @@ def test_nodes_are_added_from_the_search_box(page, artifacts):
                              " return [__st.widget(n, 'rho_bottom').value, __st.widget(n, 'rho_top').value,"
                              " __st.widget(n, 'rho_bottom').type, __st.widget(n, 'rho_bottom').options.step2"
                              " ?? __st.widget(n, 'rho_bottom').options.step]; })()")
-    assert defaults[:3] == [0.8, 1.0, "slider"]
+    assert defaults[:3] == [0.9, 1.0, "slider"]
     _screenshot(page, artifacts, "nodes_added")
 
 
@@ -301,15 +301,15 @@ def test_slider_drag_redraws_the_profile_live(page, artifacts):
         n.pos = [120, 120]; app.graph.add(n); __st.view(0, 0); return true; })()""")
     start = page.evaluate("__st.profile(__st.node('SkipTuning'))")
     assert start["kind"] == "schedule" and len(start["bars"]) == 12
-    assert start["rhos"][0] == pytest.approx(0.8) and start["rhos"][-1] == 1.0
+    assert start["rhos"][0] == pytest.approx(0.9) and start["rhos"][-1] == 1.0
     # Bars are really on the canvas: the bar colour inside each bar, not above it.
     for bar in start["bars"]:
         expected = BAR_GREY if bar["rho"] == 1.0 else BAR_BLUE
         assert tuple(bar["inside"]) == expected, bar
         assert tuple(bar["above"]) != expected, bar
 
-    # Drag rho_bottom's slider from 0.8 to 0.3 with the mouse; look mid-drag, button still down.
-    begin = page.evaluate("__st.sliderPoint(__st.node('SkipTuning'), 'rho_bottom', 0.8)")
+    # Drag rho_bottom's slider from 0.9 to 0.3 with the mouse; look mid-drag, button still down.
+    begin = page.evaluate("__st.sliderPoint(__st.node('SkipTuning'), 'rho_bottom', 0.9)")
     middle = page.evaluate("__st.sliderPoint(__st.node('SkipTuning'), 'rho_bottom', 0.55)")
     end = page.evaluate("__st.sliderPoint(__st.node('SkipTuning'), 'rho_bottom', 0.3)")
     page.mouse("mouseMoved", *begin)
