@@ -40,7 +40,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -163,12 +162,6 @@ def parse_args(argv=None):
         "barely penalises x0 errors at high noise, where sampling from pure noise starts (0 = off)",
     )
     p.add_argument(
-        "--restart-schedule",
-        action="store_true",
-        help="with --resume: run a fresh warmup + cosine learning-rate schedule over --steps more "
-        "steps / --max-minutes more minutes (a fine-tuning phase)",
-    )
-    p.add_argument(
         "--bf16",
         action="store_true",
         help="bfloat16 autocast for the forward pass (fp32 weights, optimizer and EMA); "
@@ -212,7 +205,6 @@ def main(argv=None) -> int:
 
     step = 0
     elapsed_before = 0.0
-    phases = []  # one record per training run that built the weights
     if args.resume and os.path.exists(args.state_path):
         st = torch.load(args.state_path, map_location="cpu", weights_only=False)
         model.load_state_dict(st["model"])
@@ -221,10 +213,7 @@ def main(argv=None) -> int:
         gen.set_state(st["gen"])
         step = st["step"]
         elapsed_before = st.get("elapsed", 0.0)
-        phases = st.get("phases") or [{"from_step": 0, "to_step": step, "minutes": round(elapsed_before / 60, 1)}]
         print(f"resumed from step {step}", flush=True)
-    elif args.restart_schedule:
-        raise SystemExit("--restart-schedule needs --resume and an existing --state-path")
 
     n_params = demo_model.count_parameters(model.unet)
     print(
@@ -242,18 +231,6 @@ def main(argv=None) -> int:
 
     t_start = time.time() - elapsed_before
     budget = args.max_minutes * 60.0
-    # The learning-rate schedule and the budget count from the start of this phase.
-    phase_step0, phase_t0 = (step, time.time()) if args.restart_schedule else (0, t_start)
-    phase_steps = args.steps
-    phase = {
-        "from_step": step,
-        "lr": args.lr,
-        "min_snr_gamma": args.min_snr_gamma,
-        "snr_floor": args.snr_floor,
-        "label_dropout": args.label_dropout,
-        "restart_schedule": bool(args.restart_schedule),
-        "bf16_autocast": bool(args.bf16),
-    }
     loss_hist = []
     last_log = time.time()
     last_log_step = step
@@ -267,7 +244,7 @@ def main(argv=None) -> int:
             "label_dropout": args.label_dropout,
             "min_snr_gamma": args.min_snr_gamma,
             "snr_floor": args.snr_floor,
-            "phases": phases + [dict(phase, to_step=step, minutes=round((time.time() - phase_t0) / 60, 1))],
+            "bf16_autocast": bool(args.bf16),
             "seed": args.seed,
             "wall_seconds": round(time.time() - t_start, 1),
             "recent_loss": round(float(np.mean(loss_hist[-200:])), 5) if loss_hist else None,
@@ -283,7 +260,6 @@ def main(argv=None) -> int:
             "gen": gen.get_state(),
             "step": step,
             "elapsed": time.time() - t_start,
-            "phases": info(False)["phases"],
         }
         torch.save(model_state, args.state_path + ".tmp")
         os.replace(args.state_path + ".tmp", args.state_path)
@@ -291,15 +267,15 @@ def main(argv=None) -> int:
         print(f"saved step {step} (final={final})", flush=True)
 
     model.train()
-    while step - phase_step0 < phase_steps and not stop["flag"]:
-        elapsed = time.time() - phase_t0
+    while step < args.steps and not stop["flag"]:
+        elapsed = time.time() - t_start
         if budget > 0 and elapsed >= budget:
             print("time budget reached", flush=True)
             break
-        progress = (step - phase_step0) / phase_steps
+        progress = step / args.steps
         if budget > 0:
             progress = max(progress, elapsed / budget)
-        lr = lr_at(progress, step - phase_step0, args)
+        lr = lr_at(progress, step, args)
         for g in opt.param_groups:
             g["lr"] = lr
 
@@ -314,10 +290,7 @@ def main(argv=None) -> int:
 
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             pred = model(xt, t, y).float()
-        if args.min_snr_gamma > 0 or args.snr_floor > 0:
-            loss = (snr_weights[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        else:
-            loss = F.mse_loss(pred, noise)
+        loss = (snr_weights[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:
