@@ -13,7 +13,7 @@ Backends:
   comfy      ComfyUI's UNetModel in a BaseModel sampled by comfy.sample.sample (KSampler),
              Skip Tuning through this repository's "Skip Tuning" node (needs $COMFYUI_PATH).
 
-    python3 benchmarks/quality.py --preset quick             # what docs/results/ shows (about 25 min)
+    python3 benchmarks/quality.py --preset quick             # what docs/results/ shows (about 40 min)
     python3 benchmarks/quality.py --preset headline          # 1000-sample headline (about an hour)
     python3 benchmarks/quality.py --preset comfy             # the same model through KSampler
     python3 benchmarks/quality.py --preset full              # the whole grid, 4 x 250 samples each
@@ -41,7 +41,7 @@ DEFAULT_STORE = os.path.join(REPO_ROOT, "outputs", "benchmarks", "quality")
 ALL_SAMPLERS = ("euler", "heun", "dpmpp_2m", "unipc", "ddim", "euler_a")
 ALL_STEPS = (4, 6, 8, 10, 15, 25)
 ALL_RHOS = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2)
-QUICK_SAMPLERS = ["euler", "dpmpp_2m", "euler_a"]
+QUICK_SAMPLERS = ["euler", "dpmpp_2m", "unipc", "ddim", "euler_a"]
 BLOCK_SIZE = 250
 SAMPLING_CHUNK = 125  # images per network call (x2 with CFG): the fastest size on a 2-core CPU
 REFERENCE_STEPS = 50
@@ -92,7 +92,7 @@ PRESETS = {
                  blocks=[0]),
         ],
     },
-    # What fits in about 25 minutes on 2 CPU cores: three samplers at CFG 1 and 4, a coarse rho
+    # What fits in about 40 minutes on 2 CPU cores: five samplers at CFG 1 and 4, a coarse rho
     # screen, a paired confirmation on fresh seeds, a DPM++ 2M step curve and the 50-step reference.
     "quick": {
         "block_size": BLOCK_SIZE,
