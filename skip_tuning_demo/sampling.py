@@ -37,7 +37,11 @@ _SCHEDULERS: dict[str, tuple] = {
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
     "unipc": ("UniPCMultistepScheduler", {}),
-    "ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
+    # DDIMScheduler.step jumps from t to t - 1000 // steps, so its timesteps must be spaced exactly
+    # that far apart: with "linspace" (999, 799, ... at 6 steps) every step lands on a noise level
+    # the next model call does not assume, and samples keep visible noise (FD 148 instead of 15).
+    # "trailing" starts at t = 999 and keeps that spacing.
+    "ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False, "timestep_spacing": "trailing"}),
     "lms": ("LMSDiscreteScheduler", {}),
 }
 
@@ -62,15 +66,16 @@ SCHEDULER_NAMES = tuple(_SCHEDULERS)
 def make_scheduler(
     name: str,
     schedule: dict[str, Any] | None = None,
-    timestep_spacing: str = "linspace",
+    timestep_spacing: str | None = None,
     karras: bool = False,
     **overrides,
 ):
     """Build a fresh diffusers scheduler configured with the demo model's schedule.
 
     ``timestep_spacing`` defaults to ``"linspace"`` (first step at t=999, like
-    the "normal" schedule of ComfyUI/A1111).  ``karras=True`` requests Karras
-    sigmas where the scheduler supports it.
+    the "normal" schedule of ComfyUI/A1111), except for DDIM (``"trailing"``,
+    see ``_SCHEDULERS``).  ``karras=True`` requests Karras sigmas where the
+    scheduler supports it.
     """
     import diffusers
 
@@ -85,9 +90,11 @@ def make_scheduler(
         "beta_end": float(sch["beta_end"]),
         "beta_schedule": sch.get("beta_schedule", "scaled_linear"),
         "prediction_type": sch.get("prediction_type", "epsilon"),
-        "timestep_spacing": timestep_spacing,
+        "timestep_spacing": "linspace",
     }
     kwargs.update(extra)
+    if timestep_spacing is not None:
+        kwargs["timestep_spacing"] = timestep_spacing
     if karras:
         kwargs["use_karras_sigmas"] = True
     kwargs.update(overrides)

@@ -105,6 +105,20 @@ def test_scheduler_uses_model_schedule():
 
 
 @pytest.mark.skipif(not HAVE_DIFFUSERS, reason="diffusers is not installed (needed for sampling)")
+@pytest.mark.parametrize("steps", [4, 6, 10, 25])
+def test_ddim_evaluates_the_model_where_its_steps_land(steps):
+    """DDIMScheduler.step jumps by 1000 // steps: its timesteps must be spaced that far, from t = 999."""
+    from skip_tuning_demo.sampling import make_scheduler
+
+    scheduler = make_scheduler("ddim")
+    scheduler.set_timesteps(steps)
+    timesteps = scheduler.timesteps.tolist()
+    assert timesteps[0] == 999 and len(timesteps) == steps
+    jump = 1000 // steps
+    assert all(abs((a - b) - jump) <= 1 for a, b in zip(timesteps, timesteps[1:])), timesteps
+
+
+@pytest.mark.skipif(not HAVE_DIFFUSERS, reason="diffusers is not installed (needed for sampling)")
 def test_samples_are_garments_of_the_requested_class(demo):
     """The shipped weights make what the demo claims: the classifier recognises the requested class."""
     from skip_tuning_demo.metrics import classifier_accuracy
