@@ -88,8 +88,8 @@ PRESETS = {
         "backend": "comfy",
         "block_size": BLOCK_SIZE,
         "stages": [
-            dict(samplers=["euler", "dpmpp_2m", "euler_a"], steps=[6, 10], cfgs=[4.0], rhos=[0.6, 0.8, 1.0],
-                 blocks=[0]),
+            dict(samplers=["euler", "dpmpp_2m", "euler_a"], steps=[6, 10], cfgs=[1.0, 4.0],
+                 rhos=[0.6, 0.8, 0.9, 1.0, 1.1], blocks=[0]),
         ],
     },
     # What fits in about 40 minutes on 2 CPU cores: five samplers at CFG 1 and 4, a coarse rho

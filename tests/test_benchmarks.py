@@ -64,6 +64,37 @@ def test_equal_quality_interpolates_in_log_steps():
     assert "2.0x" in describe_match(("at", 12.0), 6)
 
 
+@pytest.mark.skipif(not HAVE_SCIPY, reason="scipy is not installed")
+def test_report_answers_equal_quality_when_skip_tuning_loses(tmp_path, monkeypatch):
+    """A store where rho 0.8 is worse than plain: the report says so and still gives the step figure."""
+    import quality_report
+    from quality import config_key
+
+    dim, n = 4, 200
+    monkeypatch.setattr(quality_report, "reference", lambda: (np.zeros(dim), np.eye(dim)))
+    (tmp_path / "samples").mkdir()
+    labels = (np.arange(n) % 10).astype(np.int8)
+
+    def store(steps, rho, block, offset):
+        rng = np.random.default_rng(block)  # the same "seeds" for every configuration of a block
+        features = rng.standard_normal((n, dim)) + offset
+        np.savez(tmp_path / "samples" / (config_key("diffusers", "dpmpp_2m", steps, 4.0, rho, block, n) + ".npz"),
+                 features=features, predictions=labels, labels=labels, seconds=1.0)
+
+    for block in (0, 1):
+        for steps in (4, 6, 8, 10, 15, 25, 50):
+            store(steps, 1.0, block, 2.0 / steps)
+        for steps in (6, 10):
+            store(steps, 0.8, block, 2.0 / steps + 0.5)
+    report = quality_report.Report(quality_report.Store(str(tmp_path)), "diffusers")
+    best = report.screen()
+    rows = report.confirm(best)
+    assert [(r["steps"], r["rho"], r["verdict"]) for r in rows] == [(6, 0.8, "worse"), (10, 0.8, "worse")]
+    _, results = report.curves(rows)
+    assert [(r["steps"], r["match"][0]) for r in results] == [(6, "below"), (10, "below")]
+    assert "| 4 | DPM++ 2M | 6 (0.80) |" in "\n".join(report.lines)
+
+
 def test_seed_blocks_are_balanced_deterministic_and_distinct():
     from quality import block_seeds
 
