@@ -13,10 +13,10 @@ Backends:
   comfy      ComfyUI's UNetModel in a BaseModel sampled by comfy.sample.sample (KSampler),
              Skip Tuning through this repository's "Skip Tuning" node (needs $COMFYUI_PATH).
 
-    python3 benchmarks/quality.py --preset quick             # what docs/results/ shows (about 40 min)
-    python3 benchmarks/quality.py --preset headline          # 1000-sample headline (about an hour)
-    python3 benchmarks/quality.py --preset comfy             # the same model through KSampler
-    python3 benchmarks/quality.py --preset full              # the whole grid, 4 x 250 samples each
+    python3 benchmarks/quality.py --preset headline          # what docs/results/ shows (about 2.5 hours)
+    python3 benchmarks/quality.py --preset quick             # a 40-minute subset
+    python3 benchmarks/quality.py --preset comfy             # the same model through KSampler (about 10 min)
+    python3 benchmarks/quality.py --preset full              # the whole grid, 4 x 250 samples each (about 13 hours)
     python3 benchmarks/quality.py --preset smoke --out outputs/smoke
 
 Presets run in stages; a stage may sample only the best rho_bottom of an earlier stage
@@ -74,14 +74,14 @@ PRESETS = {
             dict(samplers=["dpmpp_2m"], steps=[REFERENCE_STEPS], cfgs=[1.0], rhos=[1.0], blocks=[1, 2, 3]),
             # Where the step range ends: a coarser screen at 4 and 15 steps (typical use, CFG 4).
             dict(samplers=["dpmpp_2m", "euler", "euler_a"], steps=[4, 15], cfgs=[4.0],
-                 rhos=[0.7, 0.8, 0.9, 1.0, 1.1], blocks=[0]),
+                 rhos=[0.7, 0.8, 0.9, 1.0, 1.1, 1.2], blocks=[0]),
             # The tuned step curve: DPM++ 2M with its best rho at 10 steps applied at every step count,
             # up to 50 steps (does the gain shrink as steps grow, as it should for a fix of
             # discretisation error, or stay?).
             dict(samplers=["dpmpp_2m"], steps=[4, 8, 15, 25, REFERENCE_STEPS], cfgs=[4.0], rhos="best",
                  best_from_steps=10, blocks=[1, 2, 3]),
-            # Past the grid's lower end: does FD keep falling below rho 0.6?
-            dict(samplers=["dpmpp_2m", "euler"], steps=[10], cfgs=[1.0, 4.0], rhos=[0.4, 0.5], blocks=[0]),
+            # Past the grid's ends: the best rho of the screen can sit at 0.6 or at 1.2 (typical use, CFG 4).
+            dict(samplers=["dpmpp_2m", "euler_a"], steps=[10], cfgs=[4.0], rhos=[0.5, 1.3, 1.4], blocks=[0]),
         ],
     },
     "comfy": {
