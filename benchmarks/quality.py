@@ -81,7 +81,8 @@ PRESETS = {
             dict(samplers=["dpmpp_2m"], steps=[4, 8, 15, 25, REFERENCE_STEPS], cfgs=[4.0], rhos="best",
                  best_from_steps=10, blocks=[1, 2, 3]),
             # Past the grid's ends: the best rho of the screen can sit at 0.6 or at 1.2 (typical use, CFG 4).
-            dict(samplers=["dpmpp_2m", "euler_a"], steps=[10], cfgs=[4.0], rhos=[0.5, 1.3, 1.4], blocks=[0]),
+            dict(samplers=["dpmpp_2m", "euler_a"], steps=[10], cfgs=[4.0], rhos=[0.5, 1.3, 1.4, 1.6, 1.8],
+                 blocks=[0]),
         ],
     },
     "comfy": {

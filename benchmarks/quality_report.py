@@ -464,9 +464,14 @@ def plot_rho_screen(best, path):
     steps_all = sorted({k[1] for k in best})
     fig, axes = plt.subplots(len(cfgs), len(steps_all), figsize=(4.6 * len(steps_all), 3.4 * len(cfgs)),
                              squeeze=False)
+    legend_axis = None
     for i, cfg in enumerate(cfgs):
         for j, steps in enumerate(steps_all):
             ax = axes[i][j]
+            if not any(best.get((sampler, steps, cfg)) for sampler in samplers):
+                ax.set_visible(False)  # e.g. the 4- and 15-step screens ran at CFG 4 only
+                continue
+            legend_axis = legend_axis or ax
             for sampler in samplers:
                 entry = best.get((sampler, steps, cfg))
                 if not entry:
@@ -481,7 +486,7 @@ def plot_rho_screen(best, path):
             ax.set_xlabel("rho_bottom")
             ax.set_ylabel("FD - FD(plain)")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    legend_axis.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
