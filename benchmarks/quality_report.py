@@ -195,9 +195,9 @@ class Report:
             return rows
         self.out(f"### Headline: plain vs the screened best rho_bottom on fresh seeds ({rows[0]['n']} samples each)")
         self.out()
-        self.out("The best rho_bottom != 1 of the screen (seed block 0), measured again on seed blocks it was not "
-                 "chosen on. Delta FD = tuned - plain with its 95% paired-bootstrap interval; verdict "
-                 "\"better\"/\"worse\" only where that interval excludes 0.")
+        self.out("The best rho_bottom != 1 of the screen (seed block 0) among those also run on other seed blocks, "
+                 "measured again there, on seeds it was not chosen on. Delta FD = tuned - plain with its 95% "
+                 "paired-bootstrap interval; verdict \"better\"/\"worse\" only where that interval excludes 0.")
         self.out()
         self.out("| CFG | sampler | steps | FD plain | best rho | FD tuned | delta FD (95% CI) "
                  "| accuracy plain -> tuned | verdict |")
