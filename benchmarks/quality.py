@@ -13,7 +13,7 @@ Backends:
   comfy      ComfyUI's UNetModel in a BaseModel sampled by comfy.sample.sample (KSampler),
              Skip Tuning through this repository's "Skip Tuning" node (needs $COMFYUI_PATH).
 
-    python3 benchmarks/quality.py --preset headline          # what docs/results/ shows (about 2.5 hours)
+    python3 benchmarks/quality.py --preset headline          # what docs/results/ shows (about 3 hours)
     python3 benchmarks/quality.py --preset quick             # a 40-minute subset
     python3 benchmarks/quality.py --preset comfy             # the same model through KSampler (about 15 min)
     python3 benchmarks/quality.py --preset full              # the whole grid, 4 x 250 samples each (about 13 hours)
@@ -72,8 +72,8 @@ PRESETS = {
             dict(samplers=["euler", "euler_a"], steps=[4, 8, 15, 25], cfgs=[4.0], rhos=[1.0], blocks=[1, 2, 3]),
             # The 50-step reference without guidance (the sampler-independent quality of the model).
             dict(samplers=["dpmpp_2m"], steps=[REFERENCE_STEPS], cfgs=[1.0], rhos=[1.0], blocks=[1, 2, 3]),
-            # Where the step range ends: a coarser screen at 4 and 15 steps (typical use, CFG 4).
-            dict(samplers=["dpmpp_2m", "euler", "euler_a"], steps=[4, 15], cfgs=[4.0],
+            # The other step counts of the grid: a coarser screen at 4, 8, 15 and 25 steps (typical use, CFG 4).
+            dict(samplers=["dpmpp_2m", "euler", "euler_a"], steps=[4, 8, 15, 25], cfgs=[4.0],
                  rhos=[0.7, 0.8, 0.9, 1.0, 1.1, 1.2], blocks=[0]),
             # The tuned step curve: DPM++ 2M with its best rho at 10 steps applied at every step count,
             # up to 50 steps (does the gain shrink as steps grow, as it should for a fix of
