@@ -13,7 +13,7 @@ Backends:
   comfy      ComfyUI's UNetModel in a BaseModel sampled by comfy.sample.sample (KSampler),
              Skip Tuning through this repository's "Skip Tuning" node (needs $COMFYUI_PATH).
 
-    python3 benchmarks/quality.py --preset headline          # what docs/results/ shows (about 3 hours)
+    python3 benchmarks/quality.py --preset headline          # what docs/results/ shows (about 5 hours)
     python3 benchmarks/quality.py --preset quick             # a 40-minute subset
     python3 benchmarks/quality.py --preset comfy             # the same model through KSampler (about 15 min)
     python3 benchmarks/quality.py --preset full              # the whole grid, 4 x 250 samples each (about 13 hours)
@@ -45,6 +45,16 @@ QUICK_SAMPLERS = ["euler", "dpmpp_2m", "unipc", "ddim", "euler_a"]
 BLOCK_SIZE = 250
 SAMPLING_CHUNK = 125  # images per network call (x2 with CFG): the fastest size on a 2-core CPU
 REFERENCE_STEPS = 50
+
+GRID_SAMPLERS_BUT_HEUN = [s for s in ALL_SAMPLERS if s != "heun"]
+
+
+def grid_completion(samplers, cfg):
+    """Screen (block 0) and confirmation (block 1) over the step counts the first stages left out."""
+    steps = [s for s in ALL_STEPS if s not in (6, 10)]
+    return [dict(samplers=samplers, steps=steps, cfgs=[cfg], rhos=list(ALL_RHOS), blocks=[0]),
+            dict(samplers=samplers, steps=steps, cfgs=[cfg], rhos="best", blocks=[1])]
+
 
 # A stage: samplers x steps x cfgs x rhos on the given seed blocks. rhos == "best": plain (1.0)
 # plus the rho_bottom != 1 with the lowest FD on block 0 in the earlier stages, per (sampler, steps,
@@ -83,6 +93,13 @@ PRESETS = {
             # Past the grid's ends: the best rho of the screen can sit at 0.6 or at 1.2 (typical use, CFG 4).
             dict(samplers=["dpmpp_2m", "euler_a"], steps=[10], cfgs=[4.0], rhos=[0.5, 1.3, 1.4, 1.6, 1.8],
                  blocks=[0]),
+            # The rest of the grid: every sampler over the whole rho grid at 4, 8, 15 and 25 steps, each
+            # screen followed by a paired confirmation on a fresh block. Heun comes last: its baseline is
+            # held back by the model (see the README), so its rows are worth the least.
+            *grid_completion(GRID_SAMPLERS_BUT_HEUN, cfg=4.0),
+            *grid_completion(GRID_SAMPLERS_BUT_HEUN, cfg=1.0),
+            *grid_completion(["heun"], cfg=4.0),
+            *grid_completion(["heun"], cfg=1.0),
         ],
     },
     "comfy": {

@@ -40,6 +40,7 @@ FAMILY = {
 KEY = re.compile(r"^(?P<backend>[a-z]+)_(?P<sampler>[a-z0-9_]+)_s(?P<steps>\d+)_cfg(?P<cfg>[\d.]+)"
                  r"_rho(?P<rho>[\d.]+)_b(?P<block>\d+)_n(?P<n>\d+)$")
 N_BOOT = 200
+EQUAL_QUALITY_STEPS = (6, 10)  # the figure says what 6 and 10 Skip-Tuned steps are worth in plain steps
 
 
 class Store:
@@ -99,6 +100,7 @@ class Report:
         self.lines = []
         self.data = {}  # machine-readable summary
         self.tuned_curves = {}
+        self.curve_samples = {}
 
     def out(self, text=""):
         self.lines.append(text)
@@ -171,14 +173,17 @@ class Report:
         rows = []
         order = sorted(best.items(), key=lambda kv: (kv[0][2], list(LABELS).index(kv[0][0]), kv[0][1]))
         for (sampler, steps, cfg), (_, fds, _) in order:
-            blocks = [x for x in self.store.blocks(b, sampler, steps, cfg, 1.0) if x != 0]
+            plain_blocks = set(self.store.blocks(b, sampler, steps, cfg, 1.0)) - {0}
             # The screen's best among the rhos measured again on fresh seeds (probes past the grid's
-            # ends are screened only).
-            confirmed = [r for r in fds
-                         if r != 1.0 and set(blocks) <= set(self.store.blocks(b, sampler, steps, cfg, r))]
-            if not blocks or not confirmed:
+            # ends are screened only), on the fresh blocks both have (the 6- and 10-step cells have 3,
+            # the rest of the grid 1).
+            fresh = {r: sorted(plain_blocks & set(self.store.blocks(b, sampler, steps, cfg, r)))
+                     for r in fds if r != 1.0}
+            confirmed = [r for r, blocks in fresh.items() if blocks]
+            if not confirmed:
                 continue
             rho = min(confirmed, key=fds.get)
+            blocks = fresh[rho]
             plain = self.store.get(b, sampler, steps, cfg, 1.0, blocks)
             tuned = self.store.get(b, sampler, steps, cfg, rho, blocks)
             if plain is None or tuned is None:
@@ -193,38 +198,69 @@ class Report:
                              block_fds=block_fds, verdict=verdict(lo, hi)))
         if not rows:
             return rows
-        self.out(f"### Headline: plain vs the screened best rho_bottom on fresh seeds ({rows[0]['n']} samples each)")
+        self.out("### Headline: plain vs the screened best rho_bottom on fresh seeds")
         self.out()
         self.out("The best rho_bottom != 1 of the screen (seed block 0) among those also run on other seed blocks, "
                  "measured again there, on seeds it was not chosen on. Delta FD = tuned - plain with its 95% "
-                 "paired-bootstrap interval; verdict \"better\"/\"worse\" only where that interval excludes 0.")
+                 "paired-bootstrap interval; verdict \"better\"/\"worse\" only where that interval excludes 0. "
+                 "FDs are comparable only between rows with the same number of samples (small-sample FD is "
+                 "biased upward).")
         self.out()
-        self.out("| CFG | sampler | steps | FD plain | best rho | FD tuned | delta FD (95% CI) "
+        self.out("| CFG | sampler | steps | samples | FD plain | best rho | FD tuned | delta FD (95% CI) "
                  "| accuracy plain -> tuned | verdict |")
-        self.out("|---:|---|---:|---:|---:|---:|---|---|---|")
+        self.out("|---:|---|---:|---:|---:|---:|---:|---|---|---|")
         for r in rows:
             name = LABELS.get(r["sampler"], r["sampler"])
             delta = f"{r['fd_tuned'] - r['fd_plain']:+.1f} ({r['lo']:+.1f} to {r['hi']:+.1f})"
             accuracy = f"{100 * r['acc_plain']:.1f}% -> {100 * r['acc_tuned']:.1f}%"
-            self.out(f"| {r['cfg']:g} | {name} | {r['steps']} | {r['fd_plain']:.1f} | {r['rho']:.2f} | "
+            self.out(f"| {r['cfg']:g} | {name} | {r['steps']} | {r['n']} | {r['fd_plain']:.1f} | {r['rho']:.2f} | "
                      f"{r['fd_tuned']:.1f} | {delta} | {accuracy} | {r['verdict']} |")
         self.out()
+        self.summary(rows)
         self.data["headline"] = rows
         return rows
+
+    def summary(self, rows):
+        """The headline table as sampler x steps matrices, one per CFG scale."""
+        self.out("### Summary: the best rho_bottom and its delta FD on fresh seeds")
+        self.out()
+        self.out("Each cell: the screen's best `rho_bottom` != 1 and delta FD = tuned - plain on fresh paired seeds "
+                 "(the number of samples is in the headline table); **bold** where the 95% interval excludes 0.")
+        self.out()
+        for cfg in sorted({r["cfg"] for r in rows}):
+            cells = {(r["sampler"], r["steps"]): r for r in rows if r["cfg"] == cfg}
+            steps_all = sorted({steps for _, steps in cells})
+            self.out(f"CFG {cfg:g}:")
+            self.out()
+            self.out("| sampler | " + " | ".join(f"{s} steps" for s in steps_all) + " |")
+            self.out("|---|" + "---|" * len(steps_all))
+            for sampler in sorted({s for s, _ in cells}, key=lambda s: list(LABELS).index(s)):
+                row = []
+                for steps in steps_all:
+                    r = cells.get((sampler, steps))
+                    if r is None:
+                        row.append("")
+                        continue
+                    delta = f"{r['fd_tuned'] - r['fd_plain']:+.1f}"
+                    significant = r["verdict"] != "no significant difference"
+                    row.append(f"{r['rho']:.2f}: " + (f"**{delta}**" if significant else delta))
+                self.out(f"| {LABELS[sampler]} | " + " | ".join(row) + " |")
+            self.out()
 
     def spread(self, rows):
         if not rows:
             return
         sds = [float(np.std(r["block_fds"], ddof=1)) for r in rows if len(r["block_fds"]) > 1]
-        widths = [(r["hi"] - r["lo"]) / 2 for r in rows]
+        widths = {}
+        for r in rows:
+            widths.setdefault(r["n"], []).append((r["hi"] - r["lo"]) / 2)
+        largest = [r for r in rows if r["n"] == max(widths)]
         n_block = self._n(1)
         boot_sd = []
-        for r in rows[:6]:
-            run = self.store.get(self.backend, r["sampler"], r["steps"], r["cfg"], 1.0,
-                                 [x for x in self.store.blocks(self.backend, r["sampler"], r["steps"], r["cfg"], 1.0)
-                                  if x != 0])
+        for r in largest[:6]:
+            blocks = [x for x in self.store.blocks(self.backend, r["sampler"], r["steps"], r["cfg"], 1.0) if x != 0]
+            f = self.store.get(self.backend, r["sampler"], r["steps"], r["cfg"], 1.0, blocks)[0]
             rng = np.random.default_rng(1)
-            f = run[0]
             boot_sd.append(float(np.std([self.ref.fd(f[rng.integers(0, len(f), len(f))]) for _ in range(100)])))
         self.out("### Seed-to-seed spread")
         self.out()
@@ -233,45 +269,49 @@ class Report:
                      f"{np.median(sds):.2f} (median over {len(sds)} configurations; "
                      f"range {min(sds):.2f}-{max(sds):.2f}).")
         if boot_sd:
-            self.out(f"- Bootstrap standard deviation of one FD at {rows[0]['n']} samples: "
+            self.out(f"- Bootstrap standard deviation of one FD at {largest[0]['n']} samples: "
                      f"about {np.median(boot_sd):.2f}.")
-        if widths:
-            self.out(f"- Paired differences are much tighter: the 95% interval of tuned - plain is +/- "
-                     f"{np.median(widths):.2f} (median half-width), because both use the same seeds.")
+        for n in sorted(widths, reverse=True):
+            self.out(f"- Paired differences are much tighter, because both sides use the same seeds: the 95% "
+                     f"interval of tuned - plain at {n} samples is +/- {np.median(widths[n]):.2f} "
+                     f"(median half-width over {len(widths[n])} rows).")
         self.out("- Small-sample FD is biased upward (by roughly the same amount for every configuration at the "
                  "same n), so compare FDs only at equal n; the tables do.")
         self.out()
         self.data["spread"] = {"block_sd_median": float(np.median(sds)) if sds else None,
                                "bootstrap_sd_median": float(np.median(boot_sd)) if boot_sd else None,
-                               "paired_ci_halfwidth_median": float(np.median(widths)) if widths else None}
+                               "paired_ci_halfwidth_median": {str(n): float(np.median(w)) for n, w in widths.items()}}
 
     # -- step curves and equal quality ------------------------------------------------------------
     def curves(self, rows):
+        """Plain FD vs steps per (sampler, CFG), on the fresh seed blocks plain has at every step count."""
         b = self.backend
-        confirm_blocks = sorted({x for k in self.store.entries if k[0] == b for x in [k[5]] if x != 0})
-        curves = {}
+        curves, curve_blocks = {}, {}
         for sampler in self.store.values("sampler"):
             for cfg in self.store.values("cfg"):
-                plain = {}
-                for steps in self.store.values("steps"):
-                    blocks = [x for x in self.store.blocks(b, sampler, steps, cfg, 1.0) if x != 0]
-                    if not blocks or blocks != confirm_blocks:
-                        continue
-                    run = self.store.get(b, sampler, steps, cfg, 1.0, blocks)
-                    plain[steps] = self.ref.fd(run[0])
-                if len(plain) >= 4:
-                    curves[(sampler, cfg)] = plain
+                fresh = {steps: set(self.store.blocks(b, sampler, steps, cfg, 1.0)) - {0}
+                         for steps in self.store.values("steps")}
+                fresh = {steps: blocks for steps, blocks in fresh.items() if blocks}
+                if len(fresh) < 4:
+                    continue
+                blocks = sorted(set.intersection(*fresh.values()))
+                if not blocks:
+                    continue
+                curves[(sampler, cfg)] = {steps: self.ref.fd(self.store.get(b, sampler, steps, cfg, 1.0, blocks)[0])
+                                          for steps in fresh}
+                curve_blocks[(sampler, cfg)] = blocks
         tuned_curves = {}
         for (sampler, cfg), plain in sorted(curves.items()):
             rho = next((r["rho"] for r in rows if (r["sampler"], r["cfg"], r["steps"]) == (sampler, cfg, 10)), None)
             if rho is None:
                 continue
+            blocks = curve_blocks[(sampler, cfg)]
             points = {}
             for steps in sorted(plain):
-                if not set(confirm_blocks) <= set(self.store.blocks(b, sampler, steps, cfg, rho)):
+                if not set(blocks) <= set(self.store.blocks(b, sampler, steps, cfg, rho)):
                     continue
-                base = self.store.get(b, sampler, steps, cfg, 1.0, confirm_blocks)
-                run = self.store.get(b, sampler, steps, cfg, rho, confirm_blocks)
+                base = self.store.get(b, sampler, steps, cfg, 1.0, blocks)
+                run = self.store.get(b, sampler, steps, cfg, rho, blocks)
                 fd_p, fd_t, diffs = paired_bootstrap(self.ref, base[0], run[0], n_boot=N_BOOT)
                 lo, hi = fmt_ci(diffs)
                 points[steps] = dict(fd_plain=fd_p, fd_tuned=fd_t, lo=lo, hi=hi,
@@ -280,8 +320,9 @@ class Report:
             if len(points) >= 3:
                 tuned_curves[(sampler, cfg)] = (rho, points)
         for (sampler, cfg), (rho, points) in tuned_curves.items():
+            n = len(curve_blocks[(sampler, cfg)]) * self._n(1)
             self.out(f"### FD vs steps, {LABELS[sampler]}, CFG {cfg:g}: plain vs rho_bottom {rho:.2f} "
-                     f"(the best at 10 steps), {len(confirm_blocks) * self._n(1)} samples, paired")
+                     f"(the best at 10 steps), {n} samples, paired")
             self.out()
             self.out("| steps | FD plain | FD tuned | delta (95% CI) | accuracy plain -> tuned |")
             self.out("|---:|---:|---:|---|---|")
@@ -292,30 +333,39 @@ class Report:
                          f"{100 * p['acc_tuned']:.1f}% |")
             self.out()
         self.tuned_curves = tuned_curves
+        self.curve_samples = {key: len(blocks) * self._n(1) for key, blocks in curve_blocks.items()}
         results = []
         for (sampler, cfg), plain in sorted(curves.items()):
-            # Every confirmed row, not only the wins: "plain needs fewer steps" is the answer too.
+            blocks = curve_blocks[(sampler, cfg)]
+            # Every confirmed 6- and 10-step row, not only the wins: "plain needs fewer steps" is an
+            # answer too. The tuned FD is taken on the curve's seeds, so that both FDs have the same n.
             for r in rows:
-                if r["sampler"] == sampler and r["cfg"] == cfg:
-                    results.append(dict(sampler=sampler, cfg=cfg, steps=r["steps"], rho=r["rho"],
-                                        fd_tuned=r["fd_tuned"], verdict=r["verdict"],
-                                        match=equal_quality_steps(plain, r["fd_tuned"])))
+                if (r["sampler"], r["cfg"]) != (sampler, cfg) or r["steps"] not in EQUAL_QUALITY_STEPS:
+                    continue
+                tuned = self.store.get(b, sampler, r["steps"], cfg, r["rho"], blocks)
+                if tuned is None:
+                    continue
+                fd_tuned = self.ref.fd(tuned[0])
+                results.append(dict(sampler=sampler, cfg=cfg, steps=r["steps"], rho=r["rho"], n=len(tuned[2]),
+                                    fd_tuned=fd_tuned, verdict=r["verdict"],
+                                    match=equal_quality_steps(plain, fd_tuned)))
         if results:
             self.out("### Equal quality: plain steps needed to match Skip-Tuned sampling")
             self.out()
             self.out("Plain FD is interpolated linearly in log(steps) between measured step counts "
-                     f"(4, 6, 8, 10, 15, 25, {REFERENCE_STEPS}). A Skip-Tuned setting that did not beat plain "
-                     "needs about its own step count or fewer: no saving.")
+                     f"(4, 6, 8, 10, 15, 25, and {REFERENCE_STEPS} where measured), on the seeds plain has at "
+                     "every step count. A Skip-Tuned setting that did not beat plain needs about its own step "
+                     "count or fewer: no saving. The verdict is the headline table's.")
             self.out()
-            self.out("| CFG | sampler | Skip-Tuned steps (rho) | its FD | vs plain, same steps "
-                     "| plain steps for the same FD | plain FD at 50 steps |")
-            self.out("|---:|---|---|---:|---|---|---:|")
+            self.out("| CFG | sampler | Skip-Tuned steps (rho) | samples | its FD | vs plain, same steps "
+                     "| plain steps for the same FD | plain FD at the most steps measured |")
+            self.out("|---:|---|---|---:|---:|---|---|---:|")
             for r in results:
-                ref = curves[(r["sampler"], r["cfg"])].get(REFERENCE_STEPS)
-                ref_text = "" if ref is None else f"{ref:.1f}"
-                self.out(f"| {r['cfg']:g} | {LABELS[r['sampler']]} | {r['steps']} ({r['rho']:.2f}) | "
+                curve = curves[(r["sampler"], r["cfg"])]
+                most = max(curve)
+                self.out(f"| {r['cfg']:g} | {LABELS[r['sampler']]} | {r['steps']} ({r['rho']:.2f}) | {r['n']} | "
                          f"{r['fd_tuned']:.1f} | {r['verdict']} | {describe_match(r['match'], r['steps'])} "
-                         f"| {ref_text} |")
+                         f"| {curve[most]:.1f} ({most} steps) |")
             self.out()
         self.data["curves"] = {f"{s}/{c:g}": {str(k): v for k, v in p.items()} for (s, c), p in curves.items()}
         self.data["equal_quality"] = results
@@ -356,31 +406,30 @@ class Report:
             return
         self.out("### Best rho_bottom per sampler (screen, block 0) and whether it held on fresh seeds")
         self.out()
-        cfgs = sorted({k[2] for k in best})
-        steps_all = sorted({k[1] for k in best})
-        header = " | ".join(f"CFG {c:g}, {s} steps" for c in cfgs for s in steps_all)
-        self.out(f"| sampler | family | {header} |")
-        self.out("|---|---|" + "---|" * (len(cfgs) * len(steps_all)))
         confirmed = {(r["sampler"], r["steps"], r["cfg"]): r for r in rows}
-        for sampler in sorted({k[0] for k in best}, key=lambda s: list(LABELS).index(s)):
-            cells = []
-            for cfg in cfgs:
+        tags = {"better": " (held)", "worse": " (did not hold)", "no significant difference": " (n.s.)"}
+        for cfg in sorted({k[2] for k in best}):
+            steps_all = sorted({k[1] for k in best if k[2] == cfg})
+            self.out(f"CFG {cfg:g}:")
+            self.out()
+            self.out("| sampler | family | " + " | ".join(f"{s} steps" for s in steps_all) + " |")
+            self.out("|---|---|" + "---|" * len(steps_all))
+            for sampler in sorted({k[0] for k in best}, key=lambda s: list(LABELS).index(s)):
+                cells = []
                 for steps in steps_all:
                     entry = best.get((sampler, steps, cfg))
+                    r = confirmed.get((sampler, steps, cfg))
                     if entry is None:
                         cells.append("")
-                        continue
-                    rho = entry[0]
-                    r = confirmed.get((sampler, steps, cfg))
-                    if rho == 1.0:
-                        tag = " (plain best)"
-                    elif r is None:
-                        tag = ""
+                    elif entry[0] == 1.0:
+                        cells.append("1.00 (plain best)")
                     else:
-                        tag = {"better": " (held)", "worse": " (did not hold)",
-                               "no significant difference": " (n.s. on fresh seeds)"}[r["verdict"]]
-                    cells.append(f"{rho:.2f}{tag}")
-            self.out(f"| {LABELS[sampler]} | {FAMILY.get(sampler, '')} | " + " | ".join(cells) + " |")
+                        held = " (screen only)" if r is None or r["rho"] != entry[0] else tags[r["verdict"]]
+                        cells.append(f"{entry[0]:.2f}{held}")
+                self.out(f"| {LABELS[sampler]} | {FAMILY.get(sampler, '')} | " + " | ".join(cells) + " |")
+            self.out()
+        self.out("\"held\": the screen's best rho_bottom != 1 beat plain on fresh seeds (where the screen's best "
+                 "was plain, the headline table shows the runner-up).")
         self.out()
 
 
@@ -407,23 +456,34 @@ def describe_match(match, steps):
     return f"~{value:.1f} ({value / steps:.1f}x the steps)"
 
 
-def plot_curves(curves, rows, path, tuned_curves=None):
+def plot_curves(curves, matches, path, tuned_curves=None, samples=None):
+    """FD vs steps per (sampler, CFG); ``matches`` are the equal-quality rows, whose tuned FD is taken on the
+    same seeds as the plain curve."""
     tuned_curves = tuned_curves or {}
+    samples = samples or {}
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    keys = sorted(curves)
-    if not keys:
+    if not curves:
         return False
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    # One row per CFG scale, one column per sampler.
+    cfgs = sorted({cfg for _, cfg in curves})
+    samplers = sorted({sampler for sampler, _ in curves}, key=lambda s: list(LABELS).index(s))
+    fig, axes = plt.subplots(len(cfgs), len(samplers), figsize=(4.2 * len(samplers), 3.6 * len(cfgs)),
+                             squeeze=False)
+    for i, cfg in enumerate(cfgs):
+        for j, sampler in enumerate(samplers):
+            if (sampler, cfg) not in curves:
+                axes[i][j].set_visible(False)
+    for key in sorted(curves):
         sampler, cfg = key
+        ax = axes[cfgs.index(cfg)][samplers.index(sampler)]
         plain = sorted(curves[key].items())
         ax.plot([s for s, _ in plain], [f for _, f in plain], "o-", color="0.35", label="plain")
-        tuned = sorted((r["steps"], r["fd_tuned"], r["rho"]) for r in rows
+        tuned = sorted((r["steps"], r["fd_tuned"], r["rho"]) for r in matches
                        if r["sampler"] == sampler and r["cfg"] == cfg)
         if key in tuned_curves:
             rho, points = tuned_curves[key]
@@ -444,7 +504,8 @@ def plot_curves(curves, rows, path, tuned_curves=None):
         ax.xaxis.set_minor_formatter(NullFormatter())  # log-scale minor labels would overprint the steps
         ax.set_xlabel("steps")
         ax.set_ylabel("FD to test set (lower is better)")
-        ax.set_title(f"{LABELS[sampler]}, CFG {cfg:g}")
+        n = samples.get(key)
+        ax.set_title(f"{LABELS[sampler]}, CFG {cfg:g}" + (f" ({n} samples)" if n else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -505,7 +566,7 @@ def main(argv=None) -> int:
     best = report.screen()
     rows = report.confirm(best)
     report.spread(rows)
-    curves, _ = report.curves(rows)
+    curves, matches = report.curves(rows)
     report.presets(best, rows)
     text = "\n".join(report.lines)
     print(text)
@@ -518,8 +579,8 @@ def main(argv=None) -> int:
         with open(os.path.join(args.docs, f"quality_{args.backend}.json"), "w", encoding="utf-8") as f:
             json.dump(report.data, f, indent=1, default=float)
         if curves:
-            plot_curves(curves, rows, os.path.join(args.docs, f"fd_vs_steps_{args.backend}.png"),
-                        report.tuned_curves)
+            plot_curves(curves, matches, os.path.join(args.docs, f"fd_vs_steps_{args.backend}.png"),
+                        report.tuned_curves, report.curve_samples)
         if best:
             plot_rho_screen(best, os.path.join(args.docs, f"fd_vs_rho_{args.backend}.png"))
     return 0

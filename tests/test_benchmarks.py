@@ -95,6 +95,39 @@ def test_report_answers_equal_quality_when_skip_tuning_loses(tmp_path, monkeypat
     assert "| 4 | DPM++ 2M | 6 (0.80) |" in "\n".join(report.lines)
 
 
+@pytest.mark.skipif(not HAVE_SCIPY, reason="scipy is not installed")
+def test_report_compares_on_the_seeds_both_sides_share(tmp_path, monkeypatch):
+    """6- and 10-step cells confirmed on 3 fresh blocks, the other step counts on 1: every FD pair the report
+    compares (headline row, step curve, equal-quality figure) uses one set of seeds."""
+    import quality_report
+    from quality import config_key
+
+    dim, n = 4, 100
+    monkeypatch.setattr(quality_report, "reference", lambda: (np.zeros(dim), np.eye(dim)))
+    (tmp_path / "samples").mkdir()
+    labels = (np.arange(n) % 10).astype(np.int8)
+
+    def store(steps, rho, block, offset):
+        features = np.random.default_rng(block).standard_normal((n, dim)) + offset
+        np.savez(tmp_path / "samples" / (config_key("diffusers", "unipc", steps, 4.0, rho, block, n) + ".npz"),
+                 features=features, predictions=labels, labels=labels, seconds=1.0)
+
+    for steps in (4, 6, 8, 10, 15, 25):
+        blocks = (0, 1, 2, 3) if steps in (6, 10) else (0, 1)
+        for block in blocks:
+            store(steps, 1.0, block, 4.0 / steps)
+            store(steps, 0.8, block, 4.0 / steps - 0.1)
+        store(steps, 0.9, 0, 4.0 / steps + 0.1)  # screened only
+    report = quality_report.Report(quality_report.Store(str(tmp_path)), "diffusers")
+    rows = report.confirm(report.screen())
+    assert {r["steps"]: (r["rho"], r["n"]) for r in rows} == {
+        4: (0.8, n), 6: (0.8, 3 * n), 8: (0.8, n), 10: (0.8, 3 * n), 15: (0.8, n), 25: (0.8, n)}
+    curves, results = report.curves(rows)
+    assert sorted(curves[("unipc", 4.0)]) == [4, 6, 8, 10, 15, 25]
+    assert report.curve_samples[("unipc", 4.0)] == n  # block 1 is the only one plain has at every step count
+    assert [(r["steps"], r["n"]) for r in results] == [(6, n), (10, n)]
+
+
 def test_seed_blocks_are_balanced_deterministic_and_distinct():
     from quality import block_seeds
 
@@ -114,6 +147,11 @@ def test_presets_plan_the_specified_grid():
     assert len(full) == len(ALL_SAMPLERS) * len(ALL_STEPS) * 2 * len(ALL_RHOS) * 4
     assert {rho for *_, rho, _ in full} >= {0.6, 1.0, 1.2}
     assert nfe("heun", 10) == 19 and nfe("euler", 10) == 10
+    # the headline preset screens the whole grid (on one seed block)
+    headline = PRESETS["headline"]
+    screened = {job[:4] for i in range(len(headline["stages"]))
+                for job in plan(headline, "/nonexistent", "diffusers", i) if job[4] == 0}
+    assert screened >= {(s, n, c, r) for s in ALL_SAMPLERS for n in ALL_STEPS for c in (1.0, 4.0) for r in ALL_RHOS}
     # "best" stages fall back to plain when nothing has been screened yet
     confirm = plan(PRESETS["headline"], "/nonexistent", "diffusers", 1)
     assert confirm and all(rho == 1.0 for *_, rho, _ in confirm)
