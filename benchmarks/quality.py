@@ -95,6 +95,8 @@ PRESETS = {
             # Past the grid's ends: the best rho of the screen can sit at 0.6 or at 1.2 (typical use, CFG 4).
             dict(samplers=["dpmpp_2m", "euler_a"], steps=[10], cfgs=[4.0], rhos=[0.5, 1.3, 1.4, 1.6, 1.8],
                  blocks=[0]),
+            # ... and below it where the weakest skips won: Euler at 4 steps.
+            dict(samplers=["euler"], steps=[4], cfgs=[1.0, 4.0], rhos=[0.3, 0.4, 0.5], blocks=[0]),
             # The rest of the grid: every sampler over the whole rho grid at 4, 8, 15 and 25 steps, each
             # screen followed by a paired confirmation on a fresh block. Heun comes last: its baseline is
             # held back by the model (see the README), so its rows are worth the least.
