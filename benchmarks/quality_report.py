@@ -40,7 +40,7 @@ FAMILY = {
 KEY = re.compile(r"^(?P<backend>[a-z]+)_(?P<sampler>[a-z0-9_]+)_s(?P<steps>\d+)_cfg(?P<cfg>[\d.]+)"
                  r"_rho(?P<rho>[\d.]+)_b(?P<block>\d+)_n(?P<n>\d+)$")
 N_BOOT = 200
-EQUAL_QUALITY_STEPS = (6, 10)  # the figure says what 6 and 10 Skip-Tuned steps are worth in plain steps
+EQUAL_QUALITY_STEPS = (4, 6, 10)  # the figure says what few Skip-Tuned steps are worth in plain steps
 
 
 class Store:
@@ -175,7 +175,7 @@ class Report:
         for (sampler, steps, cfg), (_, fds, _) in order:
             plain_blocks = set(self.store.blocks(b, sampler, steps, cfg, 1.0)) - {0}
             # The screen's best among the rhos measured again on fresh seeds (probes past the grid's
-            # ends are screened only), on the fresh blocks both have (the 6- and 10-step cells have 3,
+            # ends are screened only), on the fresh blocks both have (the 4-, 6- and 10-step cells have 3,
             # the rest of the grid 1).
             fresh = {r: sorted(plain_blocks & set(self.store.blocks(b, sampler, steps, cfg, r)))
                      for r in fds if r != 1.0}
@@ -337,7 +337,7 @@ class Report:
         results = []
         for (sampler, cfg), plain in sorted(curves.items()):
             blocks = curve_blocks[(sampler, cfg)]
-            # Every confirmed 6- and 10-step row, not only the wins: "plain needs fewer steps" is an
+            # Every confirmed 4-, 6- and 10-step row, not only the wins: "plain needs fewer steps" is an
             # answer too. The tuned FD is taken on the curve's seeds, so that both FDs have the same n.
             for r in rows:
                 if (r["sampler"], r["cfg"]) != (sampler, cfg) or r["steps"] not in EQUAL_QUALITY_STEPS:
@@ -541,13 +541,20 @@ def plot_rho_screen(best, path):
                 if 1.0 not in fds:
                     continue
                 rhos = sorted(fds)
-                ax.plot(rhos, [fds[r] - fds[1.0] for r in rhos], "o-", markersize=3, label=LABELS[sampler])
+                # A fixed colour per sampler: panels plot different subsets, and one legend serves them all.
+                ax.plot(rhos, [fds[r] - fds[1.0] for r in rhos], "o-", markersize=3, label=LABELS[sampler],
+                        color=f"C{list(LABELS).index(sampler)}")
             ax.axhline(0, color="0.5", lw=0.8)
             ax.set_title(f"CFG {cfg:g}, {steps} steps")
             ax.set_xlabel("rho_bottom")
             ax.set_ylabel("FD - FD(plain)")
             ax.grid(alpha=0.3)
-    legend_axis.legend(fontsize=7)
+    handles = {}
+    for ax in axes.flat:
+        for line in ax.get_lines():
+            if not line.get_label().startswith("_"):
+                handles.setdefault(line.get_label(), line)
+    legend_axis.legend(handles.values(), handles.keys(), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -125,7 +125,7 @@ def test_report_compares_on_the_seeds_both_sides_share(tmp_path, monkeypatch):
     curves, results = report.curves(rows)
     assert sorted(curves[("unipc", 4.0)]) == [4, 6, 8, 10, 15, 25]
     assert report.curve_samples[("unipc", 4.0)] == n  # block 1 is the only one plain has at every step count
-    assert [(r["steps"], r["n"]) for r in results] == [(6, n), (10, n)]
+    assert [(r["steps"], r["n"]) for r in results] == [(4, n), (6, n), (10, n)]
 
 
 def test_seed_blocks_are_balanced_deterministic_and_distinct():
