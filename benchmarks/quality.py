@@ -15,7 +15,7 @@ Backends:
 
     python3 benchmarks/quality.py --preset headline          # what docs/results/ shows (about 5 hours)
     python3 benchmarks/quality.py --preset quick             # a 40-minute subset
-    python3 benchmarks/quality.py --preset comfy             # the same model through KSampler (about 15 min)
+    python3 benchmarks/quality.py --preset comfy             # the same model through KSampler (about 20 min)
     python3 benchmarks/quality.py --preset full              # the whole grid, 4 x 250 samples each (about 13 hours)
     python3 benchmarks/quality.py --preset smoke --out outputs/smoke
 
@@ -110,9 +110,10 @@ PRESETS = {
         "backend": "comfy",
         "block_size": BLOCK_SIZE,
         "stages": [
-            dict(samplers=["euler", "dpmpp_2m", "euler_a"], steps=[6, 10], cfgs=[1.0, 4.0],
+            dict(samplers=["euler", "dpmpp_2m", "euler_a"], steps=[4, 6, 10], cfgs=[1.0, 4.0],
                  rhos=[0.6, 0.8, 0.9, 1.0, 1.1], blocks=[0]),
-            dict(samplers=["euler", "dpmpp_2m", "euler_a"], steps=[6, 10], cfgs=[1.0, 4.0], rhos="best", blocks=[1]),
+            dict(samplers=["euler", "dpmpp_2m", "euler_a"], steps=[4, 6, 10], cfgs=[1.0, 4.0], rhos="best",
+                 blocks=[1]),
         ],
     },
     # What fits in about 40 minutes on 2 CPU cores: five samplers at CFG 1 and 4, a coarse rho
