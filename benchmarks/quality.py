@@ -13,9 +13,9 @@ Backends:
   comfy      ComfyUI's UNetModel in a BaseModel sampled by comfy.sample.sample (KSampler),
              Skip Tuning through this repository's "Skip Tuning" node (needs $COMFYUI_PATH).
 
-    python3 benchmarks/quality.py --preset headline          # what docs/results/ shows (about 5 hours)
+    python3 benchmarks/quality.py --preset headline          # what docs/results/ shows (about 5-6 hours)
     python3 benchmarks/quality.py --preset quick             # a 40-minute subset
-    python3 benchmarks/quality.py --preset comfy             # the same model through KSampler (about 20 min)
+    python3 benchmarks/quality.py --preset comfy             # the same model through KSampler (about 25 min)
     python3 benchmarks/quality.py --preset full              # the whole grid, 4 x 250 samples each (about 13 hours)
     python3 benchmarks/quality.py --preset smoke --out outputs/smoke
 
