@@ -32,6 +32,7 @@ LABELS = {
     "euler": "Euler", "heun": "Heun", "dpmpp_2m": "DPM++ 2M", "unipc": "UniPC", "ddim": "DDIM",
     "euler_a": "Euler a", "dpmpp_2m_sde": "DPM++ 2M SDE", "lms": "LMS",
 }
+SAMPLER_ORDER = {sampler: i for i, sampler in enumerate(LABELS)}  # rows, panels and plot colours
 FAMILY = {
     "euler": "single-step ODE", "heun": "single-step ODE (2nd order)", "ddim": "single-step ODE",
     "dpmpp_2m": "multistep ODE", "unipc": "multistep ODE", "euler_a": "stochastic (ancestral)",
@@ -109,7 +110,7 @@ class Report:
     def screen(self):
         b = self.backend
         keys = [k for k in self.store.entries if k[0] == b and k[5] == 0]
-        groups = sorted({(k[1], k[3], k[2]) for k in keys}, key=lambda g: (g[1], list(LABELS).index(g[0]), g[2]))
+        groups = sorted({(k[1], k[3], k[2]) for k in keys}, key=lambda g: (g[1], SAMPLER_ORDER[g[0]], g[2]))
         if not groups:
             return {}
         rhos = sorted({k[4] for k in keys})
@@ -171,7 +172,7 @@ class Report:
     def confirm(self, best):
         b = self.backend
         rows = []
-        order = sorted(best.items(), key=lambda kv: (kv[0][2], list(LABELS).index(kv[0][0]), kv[0][1]))
+        order = sorted(best.items(), key=lambda kv: (kv[0][2], SAMPLER_ORDER[kv[0][0]], kv[0][1]))
         for (sampler, steps, cfg), (_, fds, _) in order:
             plain_blocks = set(self.store.blocks(b, sampler, steps, cfg, 1.0)) - {0}
             # The screen's best among the rhos measured again on fresh seeds (probes past the grid's
@@ -234,7 +235,7 @@ class Report:
             self.out()
             self.out("| sampler | " + " | ".join(f"{s} steps" for s in steps_all) + " |")
             self.out("|---|" + "---|" * len(steps_all))
-            for sampler in sorted({s for s, _ in cells}, key=lambda s: list(LABELS).index(s)):
+            for sampler in sorted({s for s, _ in cells}, key=SAMPLER_ORDER.get):
                 row = []
                 for steps in steps_all:
                     r = cells.get((sampler, steps))
@@ -414,7 +415,7 @@ class Report:
             self.out()
             self.out("| sampler | family | " + " | ".join(f"{s} steps" for s in steps_all) + " |")
             self.out("|---|---|" + "---|" * len(steps_all))
-            for sampler in sorted({k[0] for k in best}, key=lambda s: list(LABELS).index(s)):
+            for sampler in sorted({k[0] for k in best}, key=SAMPLER_ORDER.get):
                 cells = []
                 for steps in steps_all:
                     entry = best.get((sampler, steps, cfg))
@@ -471,7 +472,7 @@ def plot_curves(curves, matches, path, tuned_curves=None, samples=None):
         return False
     # One row per CFG scale, one column per sampler.
     cfgs = sorted({cfg for _, cfg in curves})
-    samplers = sorted({sampler for sampler, _ in curves}, key=lambda s: list(LABELS).index(s))
+    samplers = sorted({sampler for sampler, _ in curves}, key=SAMPLER_ORDER.get)
     fig, axes = plt.subplots(len(cfgs), len(samplers), figsize=(4.2 * len(samplers), 3.6 * len(cfgs)),
                              squeeze=False)
     for i, cfg in enumerate(cfgs):
@@ -521,7 +522,7 @@ def plot_rho_screen(best, path):
     import matplotlib.pyplot as plt
 
     cfgs = sorted({k[2] for k in best})
-    samplers = sorted({k[0] for k in best}, key=lambda s: list(LABELS).index(s))
+    samplers = sorted({k[0] for k in best}, key=SAMPLER_ORDER.get)
     steps_all = sorted({k[1] for k in best})
     fig, axes = plt.subplots(len(cfgs), len(steps_all), figsize=(4.6 * len(steps_all), 3.4 * len(cfgs)),
                              squeeze=False)
@@ -530,7 +531,7 @@ def plot_rho_screen(best, path):
         for j, steps in enumerate(steps_all):
             ax = axes[i][j]
             if not any(best.get((sampler, steps, cfg)) for sampler in samplers):
-                ax.set_visible(False)  # e.g. the 4- and 15-step screens ran at CFG 4 only
+                ax.set_visible(False)  # a preset need not screen every step count at every CFG
                 continue
             legend_axis = legend_axis or ax
             for sampler in samplers:
@@ -543,7 +544,7 @@ def plot_rho_screen(best, path):
                 rhos = sorted(fds)
                 # A fixed colour per sampler: panels plot different subsets, and one legend serves them all.
                 ax.plot(rhos, [fds[r] - fds[1.0] for r in rhos], "o-", markersize=3, label=LABELS[sampler],
-                        color=f"C{list(LABELS).index(sampler)}")
+                        color=f"C{SAMPLER_ORDER[sampler]}")
             ax.axhline(0, color="0.5", lw=0.8)
             ax.set_title(f"CFG {cfg:g}, {steps} steps")
             ax.set_xlabel("rho_bottom")
