@@ -25,7 +25,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from _common import REPO_ROOT  # noqa: E402
-from _stats import Reference, paired_bootstrap, reference  # noqa: E402
+from _stats import Reference, paired_bootstrap, paired_interval, paired_verdict, reference  # noqa: E402
 from quality import DEFAULT_STORE, REFERENCE_STEPS  # noqa: E402
 
 LABELS = {
@@ -80,19 +80,6 @@ class Store:
         return sorted(k[5] for k in self.entries if k[:5] == (backend, sampler, steps, float(cfg), float(rho)))
 
 
-def fmt_ci(diffs):
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return lo, hi
-
-
-def verdict(lo, hi):
-    if hi < 0:
-        return "better"
-    if lo > 0:
-        return "worse"
-    return "no significant difference"
-
-
 class Report:
     def __init__(self, store: Store, backend: str):
         self.store = store
@@ -140,7 +127,7 @@ class Report:
                     mark = ""
                     if plain is not None and rho != 1.0:
                         _, _, diffs = paired_bootstrap(self.ref, plain[0], run[0], n_boot=N_BOOT // 2)
-                        lo, hi = fmt_ci(diffs)
+                        lo, hi = paired_interval(diffs)
                         mark = "*" if (hi < 0 or lo > 0) else ""
                     cells.append((fd, mark))
                 top = min(fds, key=fds.get) if fds else None
@@ -190,13 +177,13 @@ class Report:
             if plain is None or tuned is None:
                 continue
             fd_p, fd_t, diffs = paired_bootstrap(self.ref, plain[0], tuned[0], n_boot=N_BOOT)
-            lo, hi = fmt_ci(diffs)
+            lo, hi = paired_interval(diffs)
             acc_p = float((plain[1] == plain[2]).mean())
             acc_t = float((tuned[1] == tuned[2]).mean())
             block_fds = [self.ref.fd(self.store.get(b, sampler, steps, cfg, 1.0, [x])[0]) for x in blocks]
             rows.append(dict(sampler=sampler, steps=steps, cfg=cfg, rho=rho, n=len(plain[2]), fd_plain=fd_p,
                              fd_tuned=fd_t, lo=lo, hi=hi, acc_plain=acc_p, acc_tuned=acc_t,
-                             block_fds=block_fds, verdict=verdict(lo, hi)))
+                             block_fds=block_fds, verdict=paired_verdict(lo, hi)))
         if not rows:
             return rows
         self.out("### Headline: plain vs the screened best rho_bottom on fresh seeds")
@@ -314,7 +301,7 @@ class Report:
                 base = self.store.get(b, sampler, steps, cfg, 1.0, blocks)
                 run = self.store.get(b, sampler, steps, cfg, rho, blocks)
                 fd_p, fd_t, diffs = paired_bootstrap(self.ref, base[0], run[0], n_boot=N_BOOT)
-                lo, hi = fmt_ci(diffs)
+                lo, hi = paired_interval(diffs)
                 points[steps] = dict(fd_plain=fd_p, fd_tuned=fd_t, lo=lo, hi=hi,
                                      acc_plain=float((base[1] == base[2]).mean()),
                                      acc_tuned=float((run[1] == run[2]).mean()))

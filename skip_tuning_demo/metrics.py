@@ -7,6 +7,8 @@
   (recomputed automatically if the cache is missing or belongs to other
   classifier weights).
 * Classifier accuracy of samples with respect to the requested classes.
+* Paired comparisons: two configurations sampled from the same seeds, their FD
+  difference and its 95% interval from a bootstrap over the shared seeds.
 
 All functions take images ``[B, 1, 32, 32]`` in [-1, 1] (the output of
 :func:`skip_tuning_demo.sampling.sample`).
@@ -158,6 +160,63 @@ def frechet_classifier_distance(
     return frechet_distance(mu, sigma, mu_r, sigma_r)
 
 
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+class FrechetReference:
+    """FD to one fixed reference, fast: sigma_ref^(1/2) is precomputed, so each FD is one symmetric eigensolve."""
+
+    def __init__(self, mu: np.ndarray, sigma: np.ndarray):
+        self.mu = np.asarray(mu, dtype=np.float64)
+        self.sigma = np.asarray(sigma, dtype=np.float64)
+        self.root = _sqrt_psd(self.sigma)
+        self.trace = float(np.trace(self.sigma))
+
+    def distance(self, mu: np.ndarray, sigma: np.ndarray) -> float:
+        # tr((S R)^(1/2)) = tr((R^(1/2) S R^(1/2))^(1/2)): eigenvalues of a symmetric PSD matrix.
+        inner = self.root @ sigma @ self.root
+        values = np.linalg.eigvalsh((inner + inner.T) / 2)
+        diff = mu - self.mu
+        return float(diff @ diff + np.trace(sigma) + self.trace - 2.0 * np.sqrt(np.clip(values, 0, None)).sum())
+
+    def fd(self, features: np.ndarray) -> float:
+        f = np.asarray(features, dtype=np.float64)
+        return self.distance(f.mean(axis=0), np.cov(f, rowvar=False))
+
+
+def paired_bootstrap(ref: FrechetReference, features_a, features_b, n_boot: int = 200, seed: int = 0):
+    """FD(a), FD(b), and the bootstrap distribution of FD(b) - FD(a) resampling the shared seeds.
+
+    a and b hold the samples of the same seeds in the same order (common random numbers), so
+    one index draw applies to both and the seed-to-seed variation cancels in the difference.
+    """
+    a = np.asarray(features_a, dtype=np.float64)
+    b = np.asarray(features_b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for k in range(n_boot):
+        index = rng.integers(0, a.shape[0], a.shape[0])
+        diffs[k] = ref.fd(b[index]) - ref.fd(a[index])
+    return ref.fd(a), ref.fd(b), diffs
+
+
+def paired_interval(diffs) -> tuple[float, float]:
+    """95% interval of a paired difference from its bootstrap distribution (percentiles)."""
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def paired_verdict(lo: float, hi: float) -> str:
+    """A lower FD is better; only an interval that excludes 0 is a difference beyond the noise."""
+    if hi < 0:
+        return "better"
+    if lo > 0:
+        return "worse"
+    return "no significant difference"
+
+
 __all__ = [
     "REFERENCE_STATS",
     "get_classifier",
@@ -169,4 +228,8 @@ __all__ = [
     "frechet_distance",
     "reference_stats",
     "frechet_classifier_distance",
+    "FrechetReference",
+    "paired_bootstrap",
+    "paired_interval",
+    "paired_verdict",
 ]
