@@ -15,6 +15,7 @@ import pytest
 def pytest_configure(config):
     config.addinivalue_line("markers", "comfyui: needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
     config.addinivalue_line("markers", "comfyui_server: starts ComfyUI's main.py --cpu in a subprocess")
+    config.addinivalue_line("markers", "webui_real: starts real A1111/Forge/reForge (SKIP_TUNING_WEBUI_PATHS)")
 
 
 def _require_comfyui() -> bool:
