@@ -315,6 +315,33 @@ def arm_a1111_pass(p, params: WebuiParams) -> bool:
     return True
 
 
+def host_calls_before_every_sampling() -> bool:
+    """A1111 1.10+, Forge and reForge call process_before_every_sampling; A1111 1.9 and older never do."""
+    try:
+        from modules import scripts
+    except Exception:  # outside a webui
+        return True
+    return hasattr(scripts.ScriptRunner, "process_before_every_sampling")
+
+
+def attach_legacy_pass(p, params: WebuiParams, is_hr_pass: bool) -> None:
+    """Older A1111: hooks attached from process_batch (first pass) or before_hr (hires pass) on.
+
+    Those hosts create the txt2img sampler inside ``p.sample()``, after the last script callback
+    before sampling, so there is no sampler call to wrap: the hooks stay until the next pass
+    replaces them or postprocess_batch removes them (the VAE decode in between does not use them).
+    """
+    remove_all_hooks()
+    if not params.enabled or not params.applies_to_pass(is_hr_pass):
+        return
+    if _active_sd_unet() is not None:
+        _warn(p, "an SD U-Net replacement (TensorRT or similar) is active and bypasses the output blocks; "
+                 "nothing is changed")
+        _drop_infotext(p)
+        return
+    _attach_hooks(p, params)
+
+
 def cleanup_a1111(p) -> None:
     """Backstop: drop any hooks still attached and un-arm the sampler."""
     remove_all_hooks()
@@ -444,10 +471,13 @@ class SkipTuningScriptLogic:
         setattr(p, P_PARAMS, params)
         write_infotext(p, params)
 
-    def process_before_every_sampling(self, p, *args, **kwargs):
+    @staticmethod
+    def _params(p, args) -> WebuiParams:
         params = getattr(p, P_PARAMS, None)
-        if params is None:  # process() did not run for this p
-            params = resolve_params(p, args)
+        return resolve_params(p, args) if params is None else params  # None: process() did not run for p
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        params = self._params(p, args)
         if not params.enabled or not params.applies_to_pass(bool(getattr(p, "is_hr_pass", False))):
             return
         if getattr(p, "refiner_checkpoint_info", None) is not None:
@@ -457,6 +487,14 @@ class SkipTuningScriptLogic:
             apply_forge(p, params, unet_patcher)
         else:
             arm_a1111_pass(p, params)
+
+    def process_batch(self, p, *args, **kwargs):
+        if not host_calls_before_every_sampling():
+            attach_legacy_pass(p, self._params(p, args), is_hr_pass=False)
+
+    def before_hr(self, p, *args):
+        if not host_calls_before_every_sampling():
+            attach_legacy_pass(p, self._params(p, args), is_hr_pass=True)
 
     def postprocess_batch(self, p, *args, **kwargs):
         cleanup_a1111(p)
@@ -554,6 +592,10 @@ def register_callbacks() -> None:
     """Called by scripts/skip_tuning.py on every (re)load; the webui clears callbacks before reloading."""
     from modules import script_callbacks
 
+    # The webui loads its own scripts/xyz_grid.py before extensions, so the axes can be added now:
+    # with --nowebui the API builds the script UIs (where X/Y/Z copies its axis list) before any
+    # before_ui callback runs. before_ui stays as the fallback for a host that loads X/Y/Z later.
+    register_xyz_axes()
     script_callbacks.on_before_ui(register_xyz_axes)
     script_callbacks.on_infotext_pasted(on_infotext_pasted)
 

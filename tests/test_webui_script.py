@@ -52,14 +52,20 @@ class Webui:
         self.callbacks, self.infotext, self.sd_unet = script_callbacks, infotext_utils, sd_unet
         self.reload()
 
-    def reload(self):
-        """What "Reload UI" does: clear, load scripts/*.py again, run before_ui, build both tabs."""
+    def reload(self, api_only=False):
+        """What "Reload UI" does: clear, load scripts/*.py again, run before_ui, build both tabs.
+
+        ``api_only``: the --nowebui order, where the API builds the tabs before before_ui runs.
+        """
         self.scripts.load_scripts([str(XYZ_FILE), str(SCRIPT_FILE)])
-        self.callbacks.before_ui_callback()
+        if not api_only:
+            self.callbacks.before_ui_callback()
         self.txt2img = self.scripts.ScriptRunner(is_img2img=False)
         self.txt2img.setup_ui()
         self.img2img = self.scripts.ScriptRunner(is_img2img=True)
         self.img2img.setup_ui()
+        if api_only:
+            self.callbacks.before_ui_callback()
         self.impl = sys.modules[IMPL]
         self.xyz = next(d.module for d in self.scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py")
 
@@ -275,6 +281,43 @@ def test_hires_passes_and_a_checkpoint_switch(webui, sd1, six, passes, tuned):
     assert unets.hook_count(sd1) == 0 and unets.hook_count(six) == 0
 
 
+@pytest.mark.parametrize("passes,tuned", [
+    ("Both passes", {False, True}), ("First pass only", {False}), ("Hires pass only", {True}),
+])
+def test_a1111_before_1_10_tunes_from_process_batch_and_before_hr(webui, sd1, six, passes, tuned, monkeypatch):
+    """A1111 1.9 and older never call process_before_every_sampling: the same passes are tuned anyway."""
+    monkeypatch.delattr(webui.scripts.ScriptRunner, "process_before_every_sampling")
+    p = webui.txt2img_p(sd1, True, 0.6, 1.0, 0, 100, passes, steps=2, enable_hr=True,
+                        hr_checkpoint=webui.processing.SdModel(six))
+    first, second = probe(sd1, p), probe(six, p)
+    try:
+        processed = webui.processing.process_images(p)
+    finally:
+        first.remove()
+        second.remove()
+    tuned_passes = {r["tag"][0] for r in first.records + second.records if r["factor"] != 1.0}
+    assert tuned_passes == tuned
+    assert all(r["factor"] == pytest.approx(0.6) for r in first.records + second.records
+               if r["factor"] != 1.0 and r["block"] == 0)
+    assert unets.hook_count(sd1) == 0 and unets.hook_count(six) == 0 and not webui.scripts.reported_errors
+    assert "Skip Tuning: True" in processed.info
+
+
+def test_a1111_before_1_10_window_and_img2img(webui, sd1, monkeypatch):
+    monkeypatch.delattr(webui.scripts.ScriptRunner, "process_before_every_sampling")
+    p = webui.txt2img_p(sd1, True, 0.5, 0.5, 20, 60, steps=5)
+    spy = probe(sd1, p)
+    try:
+        webui.processing.process_images(p)
+        assert sorted({r["tag"][1] for r in spy.records if r["factor"] != 1.0}) == [1, 2]
+        spy.records.clear()
+        webui.processing.process_images(webui.img2img_p(sd1, True, 0.8, 1.0, steps=2, n_iter=2))
+    finally:
+        spy.remove()
+    assert len([r for r in spy.records if r["block"] == 0 and r["factor"] == pytest.approx(0.8)]) == 2 * 2
+    assert unets.hook_count(sd1) == 0
+
+
 def test_img2img_batches_reuse_the_sampler(webui, sd1):
     p = webui.img2img_p(sd1, True, 0.8, 1.0, steps=2, n_iter=3)
     spy = probe(sd1, p)
@@ -436,6 +479,22 @@ def test_xyz_steps_by_rho_bottom_is_scoped_to_each_cell(webui, sd1):
     assert not hasattr(p, "skip_tuning_xyz_rho_bottom")  # the overrides stayed in the cells' copies
     block0 = [r["factor"] for r in spy.records if r["block"] == 0]
     assert block0 == [1.0] * 5 + [pytest.approx(0.9)] * 5 + [pytest.approx(0.8)] * 5
+
+
+def test_xyz_axes_exist_in_api_only_mode(webui, sd1):
+    """--nowebui builds the X/Y/Z dropdowns before before_ui callbacks: the axes must already be there."""
+    try:
+        webui.reload(api_only=True)
+        plot = webui.txt2img.script("X/Y/Z plot")
+        offered = webui.txt2img.inputs[plot.args_from].choices
+        assert [label for label in offered if label.startswith("[Skip Tuning]")] == [
+            "[Skip Tuning] rho_bottom", "[Skip Tuning] rho_top", "[Skip Tuning] On/Off"]
+        xyz = ["[Skip Tuning] rho_bottom", "0.8", "Nothing", ""]
+        p = webui.txt2img_p(sd1, script_args=webui.args(webui.txt2img, False, xyz=xyz), steps=1)
+        ((_, cell, processed),) = webui.txt2img.run(p, *p.script_args)
+        assert cell.skip_tuning_params.rho_bottom == 0.8 and "Skip Tuning rho_bottom: 0.8" in processed.info
+    finally:
+        webui.reload()
 
 
 def test_xyz_on_off_axis_and_value_check(webui, sd1):

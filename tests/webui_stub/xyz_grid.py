@@ -46,15 +46,17 @@ class Script(scripts.Script):
         return "X/Y/Z plot"
 
     def ui(self, is_img2img):
-        x_type = gr.Dropdown(label="X type", choices=[o.label for o in axis_options], value="Seed")
+        self.current_axis_options = list(axis_options)  # like the webui: axes added later are not offered
+        labels = [o.label for o in self.current_axis_options]
+        x_type = gr.Dropdown(label="X type", choices=labels, value="Seed")
         x_values = gr.Textbox(label="X values", value="")
-        y_type = gr.Dropdown(label="Y type", choices=[o.label for o in axis_options], value="Nothing")
+        y_type = gr.Dropdown(label="Y type", choices=labels, value="Nothing")
         y_values = gr.Textbox(label="Y values", value="")
         return [x_type, x_values, y_type, y_values]
 
     def run(self, p, x_type, x_values, y_type, y_values):
         def axis(label, text):
-            option = next(o for o in axis_options if o.label == label)
+            option = next(o for o in self.current_axis_options if o.label == label)
             values = [option.type(v.strip()) for v in text.split(",")] if text.strip() else [None]
             if option.confirm:
                 option.confirm(p, values)

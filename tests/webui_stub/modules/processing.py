@@ -1,10 +1,12 @@
 """Stand-in of modules.processing and the k-diffusion sampler, in the order A1111 1.10 runs them.
 
-process_images: scripts.process -> per batch: p.sample() -> postprocess_batch -> infotext;
-then postprocess (skipped when an exception escapes, as in the webui). txt2img's sample()
-creates the sampler, calls process_before_every_sampling, then sampler.sample(); with hires
-fix it (optionally) loads another checkpoint, creates a new sampler, sets is_hr_pass and calls
-process_before_every_sampling again before sampler.sample_img2img(). img2img creates its
+process_images: scripts.process -> per batch: process_batch -> p.sample() -> postprocess_batch
+-> infotext; then postprocess (skipped when an exception escapes, as in the webui). txt2img's
+sample() creates the sampler, calls process_before_every_sampling, then sampler.sample(); with
+hires fix it (optionally) loads another checkpoint, creates a new sampler, sets is_hr_pass and
+calls before_hr and process_before_every_sampling again before sampler.sample_img2img().
+A runner without process_before_every_sampling stands for A1111 1.9 and older, which never call
+it (the rest of their order is the same). img2img creates its
 sampler once in init() and reuses it for every batch. The sampler's CFG denoiser counts its
 calls in ``step`` against ``total_steps``; interrupts/skips raise InterruptedException inside
 it and launch_sampling returns the last latent.
@@ -119,6 +121,11 @@ class StableDiffusionProcessing:
         self.sampler = None
 
 
+def before_every_sampling(p, **kwargs):
+    if p.scripts is not None and hasattr(p.scripts, "process_before_every_sampling"):
+        p.scripts.process_before_every_sampling(p, **kwargs)
+
+
 class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     def __init__(self, enable_hr=False, hr_second_pass_steps=0, hr_checkpoint=None, **kwargs):
         super().__init__(**kwargs)
@@ -129,8 +136,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     def sample(self):
         self.sampler = KDiffusionSampler(self)
         x = self.noise()
-        if self.scripts is not None:
-            self.scripts.process_before_every_sampling(self, x=x, noise=x, c=self.c, uc=self.uc)
+        before_every_sampling(self, x=x, noise=x, c=self.c, uc=self.uc)
         samples = self.sampler.sample(self, x, self.c, self.uc, image_conditioning=None)
         if not self.enable_hr:
             return samples
@@ -143,7 +149,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         samples = torch.nn.functional.interpolate(samples, scale_factor=2, mode="nearest")
         noise = self.noise(samples.shape)
         if self.scripts is not None:
-            self.scripts.process_before_every_sampling(self, x=samples, noise=noise, c=self.c, uc=self.uc)
+            self.scripts.before_hr(self)
+        before_every_sampling(self, x=samples, noise=noise, c=self.c, uc=self.uc)
         samples = self.sampler.sample_img2img(self, samples, noise, self.c, self.uc,
                                               steps=self.hr_second_pass_steps or self.steps)
         self.sampler = None
@@ -164,8 +171,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
 
     def sample(self):
         x = self.noise()
-        if self.scripts is not None:
-            self.scripts.process_before_every_sampling(self, x=self.init_latent, noise=x, c=self.c, uc=self.uc)
+        before_every_sampling(self, x=self.init_latent, noise=x, c=self.c, uc=self.uc)
         return self.sampler.sample_img2img(self, self.init_latent, x, self.c, self.uc)
 
 
@@ -195,6 +201,8 @@ def process_images(p):
         p.iteration = n
         if shared.state.interrupted:
             break
+        if p.scripts is not None:
+            p.scripts.process_batch(p, batch_number=n)
         batch = p.sample()
         if p.scripts is not None:
             p.scripts.postprocess_batch(p, batch, batch_number=n)

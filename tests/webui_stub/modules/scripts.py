@@ -48,6 +48,12 @@ class Script:
     def process(self, p, *args):
         pass
 
+    def process_batch(self, p, *args, **kwargs):
+        pass
+
+    def before_hr(self, p, *args):
+        pass
+
     def process_before_every_sampling(self, p, *args, **kwargs):
         pass
 
@@ -149,7 +155,13 @@ class ScriptRunner:
     def process(self, p):
         self._call("process", p)
 
-    def process_before_every_sampling(self, p, **kwargs):
+    def process_batch(self, p, **kwargs):
+        self._call("process_batch", p, **kwargs)
+
+    def before_hr(self, p):
+        self._call("before_hr", p)
+
+    def process_before_every_sampling(self, p, **kwargs):  # A1111 1.10+ (tests delete it to act as 1.9)
         self._call("process_before_every_sampling", p, **kwargs)
 
     def postprocess_batch(self, p, images, **kwargs):
