@@ -12,12 +12,15 @@ from .skip_tuning_core import (
     CONTROL_OUTPUTS_KEY,
     DEFAULT_RHO_BOTTOM,
     DEFAULT_RHO_TOP,
+    KNOWN_SKIP_COUNTS,
+    OUTPUT_BLOCK_PATCH,
     RHO_MAX,
     RHO_MIN,
     SkipTuningError,
     control_snapshot_wrapper,
-    count_long_skips,
+    find_skip_layout,
     make_output_block_patch,
+    make_skip_replace_wrapper,
     parse_rho_list,
     resolve_rhos,
     validate_percent_window,
@@ -28,6 +31,7 @@ logger = logging.getLogger("skip_tuning")
 
 CATEGORY = "model_patches/unet"
 CONTROL_WRAPPER_KEY = "skip_tuning_control_snapshot"
+SKIP_REPLACE_WRAPPER_KEY = "skip_tuning_skip_replace"
 
 __all__ = [
     "CONTROL_OUTPUTS_KEY",
@@ -47,8 +51,9 @@ def _rho_options(default: float, tooltip: str) -> dict:
 _PERCENT_OPTIONS = {"min": 0.0, "max": 1.0, "step": 0.001}
 
 _MODEL_TOOLTIP = (
-    "The diffusion model to tune. U-Nets with long skips (SD1.x, SD2.x, SDXL, SSD-1B, SVD, KOALA, ...) "
-    "are tuned; other models (Flux, SD3, PixArt, ...) pass through unchanged with a warning."
+    "The diffusion model to tune. Models with long skips are tuned: U-Nets (SD1.x, SD2.x, SDXL, SSD-1B, SVD, "
+    "KOALA, ...) and U-ViTs (HunyuanDiT, Hunyuan3D 2.1); other models (Flux, SD3, PixArt, ...) pass through "
+    "unchanged with a warning."
 )
 _RHO_BOTTOM_TOOLTIP = (
     "Factor for the deepest skip connection. Lower than 1 weakens the skip and leans on the backbone; "
@@ -110,15 +115,16 @@ def sigma_window(model, start_percent: float, end_percent: float):
     return sigma_low, sigma_high
 
 
-def diffusion_model_wrapper_type(model):
-    """ComfyUI's DIFFUSION_MODEL wrapper type, or None on builds without model wrappers (before 2024-12)."""
+def model_wrapper_type(model, name: str):
+    """ComfyUI's wrapper type ``name`` (DIFFUSION_MODEL, APPLY_MODEL), or None on builds without
+    model wrappers (before 2024-12)."""
     if not callable(getattr(model, "add_wrapper_with_key", None)):
         return None
     try:
         from comfy.patcher_extension import WrappersMP
     except ImportError:
         return None
-    return getattr(WrappersMP, "DIFFUSION_MODEL", None)
+    return getattr(WrappersMP, name, None)
 
 
 def _has_wrapper(model, wrapper_type, key, wrapper) -> bool:
@@ -138,7 +144,7 @@ def _as_bool(value, name: str) -> bool:
 
 def apply_skip_tuning(model, rho_bottom, rho_top, start_percent=0.0, end_percent=1.0, rho_per_skip="",
                       scale_controlnet=True):
-    """Return a clone of ``model`` with the skip-scaling patch, or ``model`` itself when it has no long skips.
+    """Return a clone of ``model`` whose long skips are scaled, or ``model`` itself when it has none.
 
     Every parameter is checked first, so a bad value sent through the API fails here, before sampling.
     """
@@ -155,23 +161,37 @@ def apply_skip_tuning(model, rho_bottom, rho_top, start_percent=0.0, end_percent
         raise SkipTuningError(f"rho_per_skip must be a comma-separated list of numbers, got {rho_per_skip!r}")
     scale_controlnet = _as_bool(scale_controlnet, "scale_controlnet")
 
-    network = diffusion_model_of(model)
-    n_skips = count_long_skips(network) if network is not None else None
-    if n_skips is None:
+    layout = find_skip_layout(diffusion_model_of(model))
+    if layout is None:
         logger.warning(
-            "Skip Tuning: %s has no U-Net long skip connections, so there is nothing to scale; "
+            "Skip Tuning: %s has no long skip connections (U-Net or U-ViT), so there is nothing to scale; "
             "the model is passed through unchanged.",
             describe_model(model),
         )
         return model
 
-    rhos = resolve_rhos(n_skips, rho_bottom, rho_top, explicit)
+    rhos = resolve_rhos(layout.n_skips, rho_bottom, rho_top, explicit)
     sigma_range = sigma_window(model, start_percent, end_percent)
+    if layout.mechanism == OUTPUT_BLOCK_PATCH:
+        patched = _patch_output_blocks(model, rhos, sigma_range, scale_controlnet)
+    else:
+        patched = _patch_skip_blocks(model, layout, rhos, sigma_range, scale_controlnet)
+        if patched is None:
+            return model
+    logger.info(
+        "Skip Tuning: %s (%s), %d long skips, rho bottom to top = [%s]%s",
+        describe_model(model), layout.architecture, layout.n_skips, ", ".join(f"{rho:.4g}" for rho in rhos),
+        "" if sigma_range is None else f", active for sigma in [{sigma_range[0]:.4g}, {sigma_range[1]:.4g}]",
+    )
+    return patched
 
+
+def _patch_output_blocks(model, rhos, sigma_range, scale_controlnet):
+    """U-Nets: the core's output-block patch on a clone."""
     patched = model.clone()
     snapshot = False
     if not scale_controlnet and any(rho != 1.0 for rho in rhos):
-        wrapper_type = diffusion_model_wrapper_type(patched)
+        wrapper_type = model_wrapper_type(patched, "DIFFUSION_MODEL")
         if wrapper_type is None:
             logger.warning(
                 "Skip Tuning: this ComfyUI has no model wrappers, so scale_controlnet=false is not available; "
@@ -184,20 +204,33 @@ def apply_skip_tuning(model, rho_bottom, rho_top, start_percent=0.0, end_percent
     patched.set_model_output_block_patch(
         make_output_block_patch(rhos, sigma_range=sigma_range, scale_control=not snapshot)
     )
-    logger.info(
-        "Skip Tuning: %s, %d long skips, rho bottom to top = [%s]%s",
-        describe_model(model), n_skips, ", ".join(f"{rho:.4g}" for rho in rhos),
-        "" if sigma_range is None else f", active for sigma in [{sigma_range[0]:.4g}, {sigma_range[1]:.4g}]",
+    return patched
+
+
+def _patch_skip_blocks(model, layout, rhos, sigma_range, scale_controlnet):
+    """U-ViTs: an APPLY_MODEL wrapper on a clone that adds the skip replace patches per model call
+    (the only place that sees the noise level); None when this ComfyUI has no model wrappers."""
+    wrapper_type = model_wrapper_type(model, "APPLY_MODEL")
+    if wrapper_type is None:
+        logger.warning(
+            "Skip Tuning: this ComfyUI has no model wrappers, which %s needs; the model is passed through "
+            "unchanged. Update ComfyUI.", layout.architecture,
+        )
+        return None
+    patched = model.clone()
+    patched.add_wrapper_with_key(
+        wrapper_type, SKIP_REPLACE_WRAPPER_KEY,
+        make_skip_replace_wrapper(layout.replace_keys, rhos, sigma_range, scale_control=scale_controlnet),
     )
     return patched
 
 
 class SkipTuning:
     DESCRIPTION = (
-        "Skip-Tuning (Ma et al., ICML 2024): scales the U-Net's long skip connections, the deepest by "
-        "rho_bottom, the highest-resolution by rho_top, the ones between linearly interpolated. Training-free, "
-        "no extra cost per step; aimed at better images at low step counts. Models without long skips "
-        "(Flux, SD3, ...) pass through unchanged."
+        "Skip-Tuning (Ma et al., ICML 2024): scales the long skip connections of U-Nets (SD1.x, SDXL, ...) and "
+        "U-ViTs (HunyuanDiT, Hunyuan3D 2.1), the deepest by rho_bottom, the highest-resolution by rho_top, the "
+        "ones between linearly interpolated. Training-free, no extra cost per step; aimed at better images at "
+        "low step counts. Models without long skips (Flux, SD3, ...) pass through unchanged."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
@@ -243,7 +276,7 @@ class SkipTuningAdvanced:
                 "rho_per_skip": ("STRING", {
                     "default": "", "multiline": False,
                     "tooltip": "Optional: one factor per long skip, comma-separated, deepest first "
-                               "(12 for SD1.x/SD2.x, 9 for SDXL, 6 for KOALA/SD-XS). Overrides rho_bottom and "
+                               "(" + KNOWN_SKIP_COUNTS + "). Overrides rho_bottom and "
                                "rho_top. Leave empty to interpolate.",
                 }),
                 "scale_controlnet": ("BOOLEAN", {

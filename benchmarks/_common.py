@@ -15,6 +15,8 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten  # noqa: E402
 
+from skip_tuning_demo import comfy_import  # noqa: E402
+
 
 def set_threads(threads: int) -> int:
     """Pin torch's intra-op threads (and one inter-op thread) so timings are comparable."""
@@ -27,30 +29,15 @@ def set_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
-def comfyui_path() -> str | None:
-    """The ComfyUI checkout to use: $COMFYUI_PATH, else ~/ComfyUI; None when absent."""
-    path = os.environ.get("COMFYUI_PATH") or os.path.join(os.path.expanduser("~"), "ComfyUI")
-    if os.path.isfile(os.path.join(path, "comfy", "model_management.py")):
-        return path
-    return None
-
-
 def import_comfy() -> bool:
     """Put ComfyUI on sys.path (CPU, no argument parsing); True when its modules import."""
-    path = comfyui_path()
-    if path is None:
-        return False
-    if path not in sys.path:
-        sys.path.insert(0, path)
     try:
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = True  # a CUDA build of torch without a GPU must not probe CUDA
-        import comfy.model_management  # noqa: F401
-        import comfy.ops  # noqa: F401
+        if not comfy_import.import_comfy(required=False):
+            return False
         from comfy.ldm.modules.diffusionmodules import openaimodel  # noqa: F401
     except Exception as exc:  # a broken checkout: report and carry on without it
-        print(f"[benchmarks] ComfyUI at $COMFYUI_PATH does not import ({type(exc).__name__}: {exc}); skipping it")
+        print(f"[benchmarks] ComfyUI at {comfy_import.comfyui_path()} does not import "
+              f"({type(exc).__name__}: {exc}); skipping it")
         return False
     return True
 

@@ -12,6 +12,8 @@ export const PREVIEW_SKIP_COUNTS = [
   { n: 12, label: "12 skips (SD1.x, SD2.x)" },
   { n: 9, label: "9 skips (SDXL)" },
   { n: 6, label: "6 skips (KOALA, SD-XS)" },
+  { n: 19, label: "19 skips (HunyuanDiT)" },
+  { n: 10, label: "10 skips (Hunyuan3D 2.1)" },
 ];
 export const DEFAULT_PREVIEW_SKIPS = 12;
 

@@ -4,7 +4,20 @@ Imports torch only, never a host (ComfyUI, A1111, Forge), so every adapter and t
 """
 
 from .hooks import SkipScalingHooks
-from .patch import CONTROL_OUTPUTS_KEY, control_snapshot_wrapper, make_output_block_patch
+from .layouts import (
+    DIT_REPLACE_PATCH,
+    KNOWN_SKIP_COUNTS,
+    OUTPUT_BLOCK_PATCH,
+    SkipLayout,
+    find_skip_layout,
+)
+from .patch import (
+    CONTROL_OUTPUTS_KEY,
+    control_snapshot_wrapper,
+    make_output_block_patch,
+    make_skip_replace_patch,
+    make_skip_replace_wrapper,
+)
 from .schedule import (
     DEFAULT_RHO_BOTTOM,
     DEFAULT_RHO_TOP,
@@ -23,13 +36,20 @@ __all__ = [
     "CONTROL_OUTPUTS_KEY",
     "DEFAULT_RHO_BOTTOM",
     "DEFAULT_RHO_TOP",
+    "DIT_REPLACE_PATCH",
+    "KNOWN_SKIP_COUNTS",
+    "OUTPUT_BLOCK_PATCH",
     "RHO_MAX",
     "RHO_MIN",
+    "SkipLayout",
     "SkipScalingHooks",
     "SkipTuningError",
     "control_snapshot_wrapper",
     "count_long_skips",
+    "find_skip_layout",
     "make_output_block_patch",
+    "make_skip_replace_patch",
+    "make_skip_replace_wrapper",
     "parse_rho_list",
     "resolve_rhos",
     "rho_schedule",

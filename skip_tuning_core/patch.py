@@ -84,3 +84,76 @@ def control_snapshot_wrapper(executor, x, timesteps, context, y, control, transf
         return executor(x, timesteps, context, y, control, transformer_options, *args, **kwargs)
     finally:
         transformer_options.pop(CONTROL_OUTPUTS_KEY, None)
+
+
+def make_skip_replace_patch(rho: float, previous=None, control_residual: torch.Tensor | None = None):
+    """A ``patches_replace["dit"]`` block patch that scales ``args["skip"]`` by ``rho``, then runs the block.
+
+    ``previous`` is the patch that held the slot before (a slot holds one): it runs with the
+    scaled skip, so both take effect. ``control_residual``: the ControlNet residual the host
+    already added to the skip, kept at full strength (``rho * (skip + r) + (1 - rho) * r``).
+    """
+    factor = float(rho)
+
+    def skip_tuning_replace_patch(args, extra):
+        skip = args.get("skip")
+        if skip is not None:
+            scaled = skip * factor  # out of place, by a Python float: the dtype stays
+            if control_residual is not None and control_residual.shape == skip.shape:
+                scaled = scaled + control_residual.to(skip.dtype) * (1.0 - factor)
+            args = {**args, "skip": scaled}
+        if previous is not None:
+            return previous(args, extra)
+        return extra["original_block"](args)
+
+    return skip_tuning_replace_patch
+
+
+def make_skip_replace_wrapper(
+    replace_keys: Sequence,
+    rhos: Sequence[float],
+    sigma_range: tuple[float, float] | None = None,
+    scale_control: bool = True,
+):
+    """ComfyUI ``APPLY_MODEL`` wrapper that tunes a U-ViT's skips for the one model call it wraps.
+
+    The skip of ``replace_keys[i]``'s block is multiplied by ``rhos[i]``. The replace patches
+    are put into a copy of this call's ``transformer_options``, wrapping whatever patch holds
+    each slot at that moment (registered before or after Skip Tuning), so nothing is stored
+    on the model and no other patch is dropped. The wrapper sees the noise level, which the
+    replace patches do not: outside ``sigma_range`` the call runs untouched.
+    """
+    if len(replace_keys) != len(rhos):
+        raise ValueError(f"{len(rhos)} factors for {len(replace_keys)} skips")
+    tuned = tuple((index, key, float(rho)) for index, (key, rho) in enumerate(zip(replace_keys, rhos)) if rho != 1.0)
+    window = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]))
+
+    def _with_skip_patches(transformer_options, residuals):
+        patches_replace = dict(transformer_options.get("patches_replace", {}))
+        dit = dict(patches_replace.get("dit", {}))
+        for index, key, rho in tuned:
+            # The network pops residuals from the end, so skip i receives residuals[-1 - i].
+            residual = residuals[len(residuals) - 1 - index] if residuals and index < len(residuals) else None
+            dit[key] = make_skip_replace_patch(rho, dit.get(key), residual)
+        patches_replace["dit"] = dit
+        return {**transformer_options, "patches_replace": patches_replace}
+
+    def skip_tuning_apply_model_wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options,
+                                        *args, **kwargs):
+        if tuned and _in_window(window, t, transformer_options):
+            residuals = None
+            if not scale_control and isinstance(control, dict):
+                residuals = control.get("output")
+            transformer_options = _with_skip_patches(transformer_options, residuals)
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
+
+    return skip_tuning_apply_model_wrapper
+
+
+def _in_window(window, t, transformer_options) -> bool:
+    # Outside the diffusion model (which torch.compile may compile), so a Python comparison is fine here.
+    if window is None:
+        return True
+    sigmas = transformer_options.get("sigmas", t)
+    sigma = float(sigmas.reshape(-1)[0]) if torch.is_tensor(sigmas) else float(sigmas)
+    return window[0] <= sigma <= window[1]

@@ -1,8 +1,16 @@
-"""Train the small class-conditional Fashion-MNIST demo diffusion model (CPU friendly).
+"""Train the small class-conditional Fashion-MNIST demo diffusion models (CPU friendly).
 
-The shipped weights were made by (70 minutes on 2 CPU cores)::
+Two architectures on the same latents, loss and schedule (``--arch``):
+
+* ``unet`` (the bundled model; 70 minutes on 2 CPU cores)::
 
     python3 -m skip_tuning_demo.train_model --bf16 --steps 20000 --max-minutes 70 --ema-decay 0.999
+
+* ``uvit``, ComfyUI's HunyuanDiT class scaled down (:mod:`skip_tuning_demo.uvit`; needs a
+  ComfyUI source tree; bf16 autocast is slower than fp32 on CPUs without bf16 units)::
+
+    python3 -m skip_tuning_demo.train_model --arch uvit --batch-size 64 --steps 20000 --max-minutes 110 \
+        --ema-decay 0.999 --resume
 
 Loss: eps MSE whose x0-space weight is clamped to [1, 5] (``--snr-floor``,
 ``--min-snr-gamma``): Min-SNR at low noise, and at high noise enough weight
@@ -44,23 +52,34 @@ import torch.nn as nn  # noqa: E402
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from skip_tuning_demo import model as demo_model  # type: ignore
+    from skip_tuning_demo import uvit as demo_uvit  # type: ignore
     from skip_tuning_demo.data import DEFAULT_DATA_DIR, load_fashion_mnist, to_model_images  # type: ignore
 else:
     from . import model as demo_model
+    from . import uvit as demo_uvit
     from .data import DEFAULT_DATA_DIR, load_fashion_mnist, to_model_images
 
 
 class DemoModel(nn.Module):
-    """UNet plus the learned class context table (trained jointly)."""
+    """The denoising network (``unet``: ldm UNetModel, ``uvit``: ComfyUI's HunYuanDiT) plus the
+    learned class context table (trained jointly)."""
 
-    def __init__(self, unet_kwargs, context_tokens: int, context_dim: int):
+    def __init__(self, arch: str, seed: int = 0):
         super().__init__()
-        self.unet = demo_model.build_unet(unet_kwargs)
-        table = torch.randn(demo_model.NUM_CLASSES + 1, context_tokens, context_dim)
+        self.arch = arch
+        if arch == "unet":
+            self.unet = demo_model.build_unet(demo_model.default_config()["unet_kwargs"])
+        else:
+            self.unet = demo_uvit.build_uvit(demo_uvit.default_config()["uvit_kwargs"])
+            demo_uvit.init_uvit_(self.unet, seed)
+        table = torch.randn(demo_model.NUM_CLASSES + 1, demo_model.CONTEXT_TOKENS, demo_model.CONTEXT_DIM)
         self.context_table = nn.Parameter(table)
 
     def forward(self, x, t, labels):
-        return self.unet(x, t, context=self.context_table[labels])
+        context = self.context_table[labels]
+        if self.arch == "unet":
+            return self.unet(x, t, context=context)
+        return demo_uvit.uvit_forward(self.unet, x, t, context)
 
 
 def scaled_linear_alphas_cumprod(cfg) -> torch.Tensor:
@@ -115,20 +134,29 @@ def _atomic_save_safetensors(tensors, path, metadata=None):
     os.replace(tmp, path)
 
 
+# arch -> (network weights, class table, config) files and the config written beside them
+_OUTPUTS = {
+    "unet": (demo_model.UNET_WEIGHTS, demo_model.CONTEXT_WEIGHTS, demo_model.CONFIG_PATH, demo_model.default_config),
+    "uvit": (demo_uvit.UVIT_WEIGHTS, demo_uvit.UVIT_CONTEXT_WEIGHTS, demo_uvit.UVIT_CONFIG_PATH,
+             demo_uvit.default_config),
+}
+
+
 def export_weights(ema: DemoModel, out_dir: str, info: dict) -> None:
+    weights_path, context_path, config_path, default_config = _OUTPUTS[ema.arch]
     os.makedirs(out_dir, exist_ok=True)
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in ema.unet.state_dict().items()}
-    meta = {"format": "ldm UNetModel state dict (no prefix), fp16, EMA weights"}
-    _atomic_save_safetensors(sd, os.path.join(out_dir, os.path.basename(demo_model.UNET_WEIGHTS)), meta)
+    meta = {"format": f"{ema.arch} state dict (no prefix), fp16, EMA weights"}
+    _atomic_save_safetensors(sd, os.path.join(out_dir, os.path.basename(weights_path)), meta)
     ctx = {demo_model.CONTEXT_KEY: ema.context_table.detach().float().contiguous()}
     _atomic_save_safetensors(
         ctx,
-        os.path.join(out_dir, os.path.basename(demo_model.CONTEXT_WEIGHTS)),
+        os.path.join(out_dir, os.path.basename(context_path)),
         {"format": "[11, L, context_dim]; rows 0-9 classes, row 10 null context"},
     )
-    cfg = demo_model.default_config()
+    cfg = default_config()
     cfg["training"] = info
-    path = os.path.join(out_dir, os.path.basename(demo_model.CONFIG_PATH))
+    path = os.path.join(out_dir, os.path.basename(config_path))
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(cfg, f, indent=2)
         f.write("\n")
@@ -137,9 +165,11 @@ def export_weights(ema: DemoModel, out_dir: str, info: dict) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=tuple(_OUTPUTS), default="unet", help="network to train (see above)")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     p.add_argument("--out-dir", default=demo_model.WEIGHTS_DIR)
-    p.add_argument("--state-path", default=os.path.join(tempfile.gettempdir(), "skip_tuning_demo_train_state.pt"))
+    p.add_argument("--state-path", default=None,
+                   help="training state for --resume (default: skip_tuning_demo_train_state_<arch>.pt in the temp dir)")
     p.add_argument("--resume", action="store_true", help="resume from --state-path if it exists")
     p.add_argument("--steps", type=int, default=8000)
     p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget (0 = none)")
@@ -179,6 +209,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.state_path is None:
+        args.state_path = os.path.join(tempfile.gettempdir(), f"skip_tuning_demo_train_state_{args.arch}.pt")
     torch.set_num_threads(args.threads)
     try:
         torch.set_num_interop_threads(1)
@@ -194,8 +226,7 @@ def main(argv=None) -> int:
     print(f"data: {n} images -> latents {tuple(latents.shape[1:])}", flush=True)
 
     cfg = demo_model.default_config()
-    model = DemoModel(cfg["unet_kwargs"], demo_model.CONTEXT_TOKENS, demo_model.CONTEXT_DIM)
-    assert len(model.unet.output_blocks) == 12, len(model.unet.output_blocks)
+    model = DemoModel(args.arch, args.seed)
     ema = copy.deepcopy(model).eval()
     for p_ in ema.parameters():
         p_.requires_grad_(False)
@@ -220,7 +251,7 @@ def main(argv=None) -> int:
 
     n_params = demo_model.count_parameters(model.unet)
     print(
-        f"unet params: {n_params} ({n_params / 1e6:.2f}M), output blocks: {len(model.unet.output_blocks)}",
+        f"{args.arch} params: {n_params} ({n_params / 1e6:.2f}M)",
         flush=True,
     )
 
@@ -251,7 +282,8 @@ def main(argv=None) -> int:
             "seed": args.seed,
             "wall_seconds": round(time.time() - t_start, 1),
             "recent_loss": round(float(np.mean(loss_hist[-200:])), 5) if loss_hist else None,
-            "unet_parameters": n_params,
+            "arch": args.arch,
+            "network_parameters": n_params,
             "finished": final,
         }
 

@@ -4,7 +4,8 @@ Shared by every ComfyUI test module (and by ``comfy_test_nodes``, the test-only 
 pack a server test installs next to the extension):
 
 * ``find_comfyui`` / ``import_comfyui``: locate the checkout (env ``COMFYUI_PATH``,
-  else ``~/ComfyUI``) and make ``comfy`` importable in this process.
+  else ``~/ComfyUI``, else ``shared/ComfyUI`` beside the repository) and make ``comfy``
+  importable in this process.
 * ``load_pack``: import the repository the way ComfyUI imports a custom node pack.
 * ``build_tiny_unet`` / ``build_tiny_flux``: tiny models made of ComfyUI's own classes
   (``UNetModel`` in ``BaseModel``, ``Flux``) wrapped in a ``ModelPatcher``, with seeded
@@ -35,6 +36,8 @@ import uuid
 from pathlib import Path
 
 import torch
+
+from skip_tuning_demo import comfy_import
 
 TESTS_DIR = Path(os.path.realpath(__file__)).parent
 REPO_ROOT = TESTS_DIR.parent
@@ -94,18 +97,14 @@ MEASURED_WINDOWS: dict = {}
 
 
 def find_comfyui() -> Path | None:
-    """The ComfyUI checkout named by COMFYUI_PATH, else ~/ComfyUI; None when neither is one."""
-    configured = os.environ.get("COMFYUI_PATH")
-    candidate = Path(configured).expanduser() if configured else Path.home() / "ComfyUI"
-    if (candidate / "main.py").is_file() and (candidate / "comfy" / "model_patcher.py").is_file():
-        return candidate.resolve()
-    return None
+    """The ComfyUI checkout at COMFYUI_PATH, else ~/ComfyUI, else shared/ComfyUI beside the repository."""
+    path = comfy_import.comfyui_path()
+    return Path(path) if path else None
 
 
 def comfyui_missing_reason() -> str:
-    configured = os.environ.get("COMFYUI_PATH")
-    where = f"COMFYUI_PATH={configured}" if configured else "~/ComfyUI (set COMFYUI_PATH to use another checkout)"
-    return f"no ComfyUI checkout found at {where}"
+    where = " or ".join(comfy_import.comfyui_candidates())
+    return f"no ComfyUI checkout found at {where} (set COMFYUI_PATH to use another)"
 
 
 def import_comfyui(path: Path) -> None:
@@ -240,6 +239,127 @@ def build_tiny_flux(seed: int = 0):
     _seeded_init(model.diffusion_model, seed)
     model.eval()
     return _patcher(model)
+
+
+# Tiny U-ViTs of ComfyUI's own classes, with the released models' skip counts (depth 40 and 21).
+TINY_UVIT_SKIPS = {"hunyuan_dit": 19, "hunyuan3d_2_1": 10}
+HUNYUAN3D_CHANNELS = 64
+HUNYUAN3D_TOKENS = 8
+
+
+def build_tiny_hunyuan_dit(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A ModelPatcher around ComfyUI's HunyuanDiT (1.x layout: depth 40, 19 long skips), tiny."""
+    import comfy.supported_models
+
+    unet_config = {
+        "image_model": "hydit",
+        "input_size": 8,
+        "patch_size": 2,
+        "in_channels": LATENT_CHANNELS,
+        "hidden_size": 32,
+        "depth": 40,
+        "num_heads": 2,
+        "mlp_ratio": 2.0,
+        "text_states_dim": CONTEXT_DIM,
+        "text_states_dim_t5": CONTEXT_DIM,
+        "text_len": CONTEXT_TOKENS,
+        "text_len_t5": CONTEXT_TOKENS,
+        "dtype": dtype,
+    }
+    config = comfy.supported_models.HunyuanDiT(unet_config)
+    config.set_inference_dtype(dtype, None)
+    model = config.get_model({})
+    _seeded_init(model.diffusion_model, seed)
+    model.eval()
+    return _patcher(model)
+
+
+def build_tiny_hunyuan3d(seed: int = 0):
+    """A ModelPatcher around ComfyUI's Hunyuan3D 2.1 DiT (depth 21, 10 long skips, MoE tail), tiny."""
+    import comfy.supported_models
+
+    unet_config = {
+        "image_model": "hunyuan3d2_1",
+        "in_channels": HUNYUAN3D_CHANNELS,
+        "hidden_size": 32,
+        "context_dim": CONTEXT_DIM,
+        "depth": 21,
+        "num_heads": 2,
+        "num_moe_layers": 2,
+        "num_experts": 2,
+        "moe_top_k": 1,
+        "guidance_cond_proj_dim": None,
+    }
+    config = comfy.supported_models.Hunyuan3Dv2_1(unet_config)
+    model = config.get_model({})
+    _seeded_init(model.diffusion_model, seed)
+    model.eval()
+    return _patcher(model)
+
+
+def hunyuan_dit_conditioning(seed: int = 1) -> list:
+    """A CONDITIONING for the tiny HunyuanDiT: CLIP-like tokens plus its mT5 tokens and masks."""
+    generator = torch.Generator().manual_seed(seed)
+    context = torch.randn(1, CONTEXT_TOKENS, CONTEXT_DIM, generator=generator)
+    t5 = torch.randn(1, CONTEXT_TOKENS, CONTEXT_DIM, generator=generator)
+    mask = torch.ones(1, CONTEXT_TOKENS, dtype=torch.long)
+    return [[context, {"attention_mask": mask, "conditioning_mt5xl": t5, "attention_mask_mt5xl": mask}]]
+
+
+def sample_hunyuan3d(model, steps: int = 4, cfg: float = 3.0, seed: int = 0):
+    """Sample the tiny Hunyuan3D 2.1 (its forward splits cond/uncond, so cfg must not be 1)."""
+    import comfy.sample
+
+    generator = torch.Generator().manual_seed(seed + 100)
+    positive = [[torch.randn(1, CONTEXT_TOKENS, CONTEXT_DIM, generator=generator), {}]]
+    negative = [[torch.randn(1, CONTEXT_TOKENS, CONTEXT_DIM, generator=generator), {}]]
+    latent = torch.zeros(1, HUNYUAN3D_CHANNELS, HUNYUAN3D_TOKENS)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    with torch.inference_mode():
+        return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", positive, negative, latent,
+                                   seed=seed, disable_pbar=True)
+
+
+@contextlib.contextmanager
+def uvit_skip_probe(model):
+    """Record, for every U-ViT forward, each skip as pushed and as its consuming block receives it.
+
+    Yields a list of calls; each call is a dict skip index (0 = deepest) -> (pushed, received).
+    Hooks sit on the base network's blocks only while the context is open. Blocks 0..n-1 push
+    (HunyuanDiT and Hunyuan3D 2.1 alike) and block depth // 2 + 1 + i consumes skip i, so skip i
+    is the output of block n - 1 - i.
+    """
+    network = model.model.diffusion_model
+    depth = len(network.blocks)
+    first_popping = depth // 2 + 1
+    n_skips = depth - first_popping
+    calls = []
+    pushed = {}
+    handles = []
+
+    def on_push(block_index):
+        def hook(module, args, output):
+            if block_index == 0:
+                calls.append({})
+                pushed.clear()
+            pushed[n_skips - 1 - block_index] = output.detach().clone()
+        return hook
+
+    def on_consume(skip_index):
+        def hook(module, args, kwargs):
+            received = kwargs.get("skip_tensor", args[4] if len(args) > 4 else kwargs.get("skip"))
+            calls[-1][skip_index] = (pushed[skip_index], received.detach().clone())
+        return hook
+
+    try:
+        for index in range(n_skips):
+            handles.append(network.blocks[index].register_forward_hook(on_push(index)))
+            handles.append(network.blocks[first_popping + index].register_forward_pre_hook(
+                on_consume(index), with_kwargs=True))
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def tiny_conditioning(seed: int = 1, extra: dict | None = None) -> list:

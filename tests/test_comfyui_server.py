@@ -15,10 +15,11 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.comfyui_server]
 
 def graph(model_node="SkipTuning", model_inputs=None, kind="sd1", steps=3, dtype="float32"):
     """Tiny model -> [Skip Tuning node] -> KSampler -> latent stats."""
+    for_model = "hunyuan_dit" if kind == "hunyuan_dit" else "unet"
     nodes = {
         "1": {"class_type": "SkipTuningTestTinyModel", "inputs": {"kind": kind, "dtype": dtype, "seed": 0}},
-        "3": {"class_type": "SkipTuningTestConditioning", "inputs": {"seed": 1}},
-        "4": {"class_type": "SkipTuningTestConditioning", "inputs": {"seed": 2}},
+        "3": {"class_type": "SkipTuningTestConditioning", "inputs": {"seed": 1, "for_model": for_model}},
+        "4": {"class_type": "SkipTuningTestConditioning", "inputs": {"seed": 2, "for_model": for_model}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "6": {"class_type": "KSampler", "inputs": {
             "model": ["2", 0] if model_node else ["1", 0], "seed": 0, "steps": steps, "cfg": 3.0,
@@ -79,6 +80,21 @@ def test_prompt_through_the_node_runs_to_completion(comfyui_server):
         assert result["shape"] == [1, 4, 8, 8] and result["finite"]
     assert neutral["values"] == plain["values"], "rho = 1 reproduces the unpatched sample"
     assert tuned["values"] != plain["values"]
+
+
+def test_prompt_with_a_hunyuan_dit_type_model(comfyui_server):
+    plain = stats(comfyui_server.run_prompt(graph(model_node=None, kind="hunyuan_dit")))
+    tuned = stats(comfyui_server.run_prompt(graph(model_inputs={"rho_bottom": 0.7, "rho_top": 1.0},
+                                                  kind="hunyuan_dit")))
+    neutral = stats(comfyui_server.run_prompt(graph(model_inputs={"rho_bottom": 1.0, "rho_top": 1.0},
+                                                    kind="hunyuan_dit")))
+    for result in (plain, tuned, neutral):
+        assert result["shape"] == [1, 4, 8, 8] and result["finite"]
+    assert neutral["values"] == plain["values"] and tuned["values"] != plain["values"]
+    assert "(HunyuanDiT), 19 long skips" in comfyui_server.log()
+    inputs = {"rho_bottom": 0.8, "rho_top": 1.0, "start_percent": 0.0, "end_percent": 1.0, "rho_per_skip": "1, 1"}
+    error, _ = execution_error(comfyui_server.run_prompt(graph("SkipTuningAdvanced", inputs, kind="hunyuan_dit")))
+    assert "this model has 19 long skips" in error["exception_message"]
 
 
 def test_advanced_node_in_a_prompt(comfyui_server):

@@ -402,6 +402,18 @@ def test_per_skip_override_preview_size_and_window_are_drawn(page, artifacts):
     assert "preview for 9 skips" in profile["message"]
     _screenshot(page, artifacts, "skip_tuning_advanced", clip=_node_clip(page, "SkipTuningAdvanced"), docs=True)
 
+    # The U-ViTs' counts are offered too.
+    for label, n in (("19 skips (HunyuanDiT)", 19), ("10 skips (Hunyuan3D 2.1)", 10)):
+        page.mouse("mouseMoved", *title)
+        for kind, buttons in (("mousePressed", 2), ("mouseReleased", 0)):
+            page.send("Input.dispatchMouseEvent", {"type": kind, "x": title[0], "y": title[1], "button": "right",
+                                                   "buttons": buttons, "clickCount": 1})
+        _click_menu_entry(page, "Skip profile preview")
+        _click_menu_entry(page, label)
+        profile = page.evaluate("__st.profile(__st.node('SkipTuningAdvanced'))")
+        assert profile["kind"] == "schedule" and len(profile["rhos"]) == n
+        assert f"preview for {n} skips" in profile["message"]
+
 
 def test_a_saved_workflow_keeps_the_values(page, prepared_server):
     page.evaluate("""(() => { app.graph.clear();
@@ -546,6 +558,7 @@ def _compare_graph(steps_list, rho_bottom_list, seed=11):
             "steps_list": steps_list, "rho_bottom_list": rho_bottom_list, "rho_top": 1.0}},
         "grid": {"class_type": "PreviewImage", "inputs": {"images": ["compare", 0]}},
         "images": {"class_type": "PreviewImage", "inputs": {"images": ["compare", 1]}},
+        "differences": {"class_type": "PreviewImage", "inputs": {"images": ["compare", 2]}},
     }
 
 
@@ -569,7 +582,9 @@ def test_compare_node_runs_through_prompt(prepared_server, artifacts):
     assert entry["status"]["status_str"] == "success", entry["status"]
     (grid,) = _fetch_images(prepared_server, entry["outputs"]["grid"])
     cells = _fetch_images(prepared_server, entry["outputs"]["images"])
+    (differences,) = _fetch_images(prepared_server, entry["outputs"]["differences"])
     grid.save(artifacts / "compare_grid.png")
+    differences.save(artifacts / "compare_differences.png")
 
     rows = [compare.rho_label(1.0, 1.0), compare.rho_label(0.0, 1.0)]
     layout = compare.GridLayout(2, 2, 64, 64, rows, ["1 step", "2 steps"],
@@ -584,6 +599,15 @@ def test_compare_node_runs_through_prompt(prepared_server, artifacts):
             assert np.abs(crops[r][c] - np.asarray(cells[2 * r + c]).astype(int)).max() <= 1, (r, c)
     for c in range(2):
         assert np.abs(crops[0][c] - crops[1][c]).mean() > 1.0, f"rows do not differ at column {c}"
+
+    # The difference grid: the same layout; the plain row (below its tag) is black, the tuned row is not.
+    assert differences.size == grid.size
+    difference_pixels = np.asarray(differences).astype(int)
+    for c in range(2):
+        x, y = layout.cells[0][c]
+        assert difference_pixels[y + 32:y + 64, x:x + 64].max() == 0, c
+        x, y = layout.cells[1][c]
+        assert difference_pixels[y + 32:y + 64, x:x + 64].max() > 100, c
 
 
 def test_compare_node_rejects_malformed_lists_at_prompt_time(prepared_server):

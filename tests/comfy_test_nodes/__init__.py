@@ -27,12 +27,12 @@ def _helpers():
 
 
 _CATEGORY = "_for_testing/skip_tuning"
-_KINDS = ["sd1", "sdxl", "koala", "sdxs", "flux"]
+_KINDS = ["sd1", "sdxl", "koala", "sdxs", "flux", "hunyuan_dit"]
 
 
 class SkipTuningTestTinyModel:
     DESCRIPTION = "Test only: a tiny seeded model (sd1 = 12 skips, sdxl = 9, koala = 6, sdxs = 6 without a " \
-                  "middle block, flux = no long skips)."
+                  "middle block, flux = no long skips, hunyuan_dit = a U-ViT with 19 skips)."
     CATEGORY = _CATEGORY
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "load"
@@ -51,20 +51,26 @@ class SkipTuningTestTinyModel:
         helpers = _helpers()
         if kind == "flux":
             return (helpers.build_tiny_flux(seed=seed),)
+        if kind == "hunyuan_dit":
+            return (helpers.build_tiny_hunyuan_dit(seed=seed, dtype=getattr(torch, dtype)),)
         return (helpers.build_tiny_unet(kind, dtype=getattr(torch, dtype), seed=seed),)
 
 
 class SkipTuningTestConditioning:
-    DESCRIPTION = "Test only: a seeded CONDITIONING that fits the tiny models (4 tokens x 32)."
+    DESCRIPTION = "Test only: a seeded CONDITIONING that fits the tiny models (4 tokens x 32; HunyuanDiT also " \
+                  "gets its mT5 tokens and masks)."
     CATEGORY = _CATEGORY
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "make"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 1, "min": 0, "max": 2**31 - 1})}}
+        return {"required": {"seed": ("INT", {"default": 1, "min": 0, "max": 2**31 - 1})},
+                "optional": {"for_model": (["unet", "hunyuan_dit"], {"default": "unet"})}}
 
-    def make(self, seed):
+    def make(self, seed, for_model="unet"):
+        if for_model == "hunyuan_dit":
+            return (_helpers().hunyuan_dit_conditioning(seed),)
         return (_helpers().tiny_conditioning(seed),)
 
 
