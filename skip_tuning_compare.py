@@ -3,7 +3,8 @@
 Every cell is sampled by ComfyUI's own ``comfy.sample.sample`` on the model that the
 Skip Tuning node would make (``nodes.apply_skip_tuning``: a clone carrying the core's
 output-block patch), then decoded with the VAE. The grid is labelled with PIL's
-built-in font.
+built-in font. A second grid of the same size shows each cell's amplified difference
+from the untuned cell of its column, so small changes are visible.
 
 ComfyUI is imported only inside the node's methods, so the list parsing and the grid
 drawing can be used and tested without it.
@@ -118,13 +119,33 @@ class GridLayout:
         return right - left, bottom - top
 
 
+def amplified_difference(image: torch.Tensor, baseline: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """|image - baseline| ([H, W, C] in 0..1) as grey, scaled so its largest change is white; and that scale.
+
+    The largest channel difference of each pixel is shown, so a change in any channel counts.
+    Identical images give black and a scale of 1.
+    """
+    difference = (image.float() - baseline.float()).abs().amax(dim=-1, keepdim=True)
+    largest = float(difference.max())
+    gain = 1.0 / largest if largest > 0 else 1.0
+    return (difference * gain).clamp(0, 1).expand(*difference.shape[:-1], 3), gain
+
+
+def amplification_label(gain: float) -> str:
+    return f"|diff| x{gain:.0f}" if gain >= 10 else f"|diff| x{gain:.1f}"
+
+
 def make_grid(
     cells: Sequence[Sequence[torch.Tensor]],
     row_labels: Sequence[str],
     column_labels: Sequence[str],
     title: str = "",
+    cell_tags: Sequence[Sequence[str]] | None = None,
 ) -> torch.Tensor:
-    """Lay out ``cells[row][column]`` ([H, W, C] floats in 0..1) with labels; returns [1, H', W', 3]."""
+    """Lay out ``cells[row][column]`` ([H, W, C] floats in 0..1) with labels; returns [1, H', W', 3].
+
+    ``cell_tags[row][column]``, when given, is written in the top-left corner of that cell.
+    """
     import numpy as np
     from PIL import Image, ImageDraw
 
@@ -147,6 +168,11 @@ def make_grid(
                 image = image.repeat(3, axis=-1)
             tile = Image.fromarray((image[..., :3] * 255.0).round().astype(np.uint8))
             canvas.paste(tile, layout.cells[r][c])
+            if cell_tags is not None and cell_tags[r][c]:
+                x, y = layout.cells[r][c]
+                tag_width, tag_height = layout.text_size(cell_tags[r][c])
+                draw.rectangle((x, y, x + tag_width + 2 * layout.gap, y + tag_height + 2 * layout.gap), fill=(0, 0, 0))
+                draw.text((x + layout.gap, y + layout.gap), cell_tags[r][c], fill=(255, 220, 0), font=font)
     array = np.asarray(canvas, dtype=np.float32) / 255.0
     return torch.from_numpy(array).unsqueeze(0)
 
@@ -168,16 +194,21 @@ class SkipTuningCompare:
 
     DESCRIPTION = (
         "Samples every (steps, rho_bottom) pair with the same seed and noise, decodes each with the VAE, "
-        "and returns a labelled grid (rows: rho_bottom, columns: steps) and all images as a batch. "
-        "rho_bottom 1.0 with rho_top 1.0 is the model without Skip Tuning."
+        "and returns a labelled grid (rows: rho_bottom, columns: steps), all images as a batch, and the grid of "
+        "amplified differences from the untuned model. rho_bottom 1.0 with rho_top 1.0 is the model without "
+        "Skip Tuning."
     )
     CATEGORY = "sampling"
     FUNCTION = "compare"
-    RETURN_TYPES = ("IMAGE", "IMAGE")
-    RETURN_NAMES = ("grid", "images")
+    # Outputs are only ever appended: saved workflows link to them by index.
+    RETURN_TYPES = ("IMAGE", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("grid", "images", "differences")
     OUTPUT_TOOLTIPS = (
         "Labelled grid: one row per rho_bottom, one column per step count (first image of each batch).",
         "Every decoded image, row by row (rho_bottom), then column by column (steps).",
+        "The grid's layout, each cell showing |cell - untuned cell of its column|, amplified so its largest "
+        "change is white (the factor is written in the cell). The untuned cell is the rho_bottom 1.0 row when "
+        "rho_top is 1.0, else an extra plain sampling per column.",
     )
 
     @classmethod
@@ -232,12 +263,17 @@ class SkipTuningCompare:
         check_model(model)
         # The Skip Tuning node's own code path: a clone with the core's output-block patch.
         models = [apply_skip_tuning(model, rho_bottom, rho_top) for rho_bottom in rho_bottoms]
+        # The differences need the untuned model in every column: the rho_bottom 1.0 row when rho_top
+        # is 1.0 too, else one more (unshown) row of plain sampling.
+        baseline_row = rho_bottoms.index(1.0) if rho_top == 1.0 and 1.0 in rho_bottoms else len(models)
+        if baseline_row == len(models):
+            models.append(model)
 
         latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
         noise_mask = latent.get("noise_mask")
 
-        total = sum(steps) * len(rho_bottoms)
+        total = sum(steps) * len(models)
         done = 0
         progress = comfy.utils.ProgressBar(total)
         previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
@@ -268,22 +304,27 @@ class SkipTuningCompare:
                 if images.ndim == 5:
                     images = images.reshape(-1, *images.shape[-3:])
                 row.append(images[0])
-                batches.append(images)
+                if len(cells) < len(rho_bottoms):
+                    batches.append(images)
             cells.append(row)
 
         title = f"seed {seed}, {sampler_name}/{scheduler}, cfg {cfg:g}, rho_top {rho_top:.2f}"
-        grid = make_grid(
-            cells,
-            [rho_label(rho_bottom, rho_top) for rho_bottom in rho_bottoms],
-            [steps_label(count) for count in steps],
-            title,
-        )
-        return grid, torch.cat(batches, dim=0)
+        row_labels = [rho_label(rho_bottom, rho_top) for rho_bottom in rho_bottoms]
+        column_labels = [steps_label(count) for count in steps]
+        grid = make_grid(cells[:len(rho_bottoms)], row_labels, column_labels, title)
+        differences, tags = [], []
+        for r in range(len(rho_bottoms)):
+            pairs = [amplified_difference(cells[r][c], cells[baseline_row][c]) for c in range(len(steps))]
+            differences.append([image for image, _ in pairs])
+            tags.append(["baseline" if r == baseline_row else amplification_label(gain) for _, gain in pairs])
+        difference_grid = make_grid(differences, row_labels, column_labels, title, tags)
+        return grid, torch.cat(batches, dim=0), difference_grid
 
 
 NODE_CLASS_MAPPINGS = {"SkipTuningCompare": SkipTuningCompare}
 NODE_DISPLAY_NAME_MAPPINGS = {"SkipTuningCompare": "Skip Tuning Compare"}
 
 __all__ = [
-    "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "GridLayout", "SkipTuningCompare", "make_grid", "parse_sweep",
+    "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "GridLayout", "SkipTuningCompare", "amplified_difference",
+    "make_grid", "parse_sweep",
 ]

@@ -3,7 +3,8 @@
 The parsing and grid tests need only torch and Pillow. The sampling tests run the node
 on a tiny seeded U-Net inside ComfyUI (skipped without a checkout) and check it against
 ComfyUI's own sampler: the rho_bottom = 1 row is plain sampling, the other rows are what
-sampling the Skip Tuning node's model gives, progress covers the sweep, cancel stops it.
+sampling the Skip Tuning node's model gives, the difference grid compares each cell with
+the untuned one, progress covers the sweep, cancel stops it.
 The same node run through a real server's /prompt is in test_frontend.py.
 """
 
@@ -86,6 +87,34 @@ def test_grid_places_every_cell_where_its_layout_says(compare):
         assert (area - background).abs().amax() > 0.5
 
 
+def test_amplified_difference_scales_the_largest_change_to_white(compare):
+    baseline = torch.full((4, 6, 3), 0.5)
+    image = baseline.clone()
+    image[1, 2, 0] = 0.6  # the largest change, in one channel
+    image[3, 5] = 0.55
+    difference, gain = compare.amplified_difference(image, baseline)
+    assert difference.shape == (4, 6, 3) and gain == pytest.approx(10.0)
+    assert torch.allclose(difference[1, 2], torch.ones(3)) and torch.allclose(difference[3, 5], torch.full((3,), 0.5))
+    assert float(difference.sum()) == pytest.approx(1.5 * 3)
+    same, gain = compare.amplified_difference(baseline, baseline)
+    assert gain == 1.0 and not same.any()
+    assert compare.amplification_label(10.0) == "|diff| x10" and compare.amplification_label(2.5) == "|diff| x2.5"
+
+
+def test_difference_grid_has_the_grid_layout_and_tags_its_cells(compare):
+    cells = [[torch.zeros(48, 40, 3) for _ in range(2)] for _ in range(2)]
+    rows, columns = [compare.rho_label(1.0, 1.0), compare.rho_label(0.8, 1.0)], ["4 steps", "8 steps"]
+    plain = compare.make_grid(cells, rows, columns, "title")
+    tagged = compare.make_grid(cells, rows, columns, "title", [["baseline", ""], ["|diff| x12", ""]])
+    layout = compare.GridLayout(2, 2, 48, 40, rows, columns, "title")
+    assert tagged.shape == plain.shape == (1, layout.size[1], layout.size[0], 3)
+    for r, c, written in ((0, 0, True), (1, 0, True), (0, 1, False), (1, 1, False)):
+        x, y = layout.cells[r][c]
+        tile = tagged[0, y:y + 48, x:x + 40]
+        assert (tile.amax() > 0.5) == written, (r, c)
+        assert not tile[24:].any(), "the tag stays in the corner"
+
+
 def test_labels(compare):
     assert [compare.steps_label(n) for n in (1, 2, 16)] == ["1 step", "2 steps", "16 steps"]
     # rho_bottom rows: the untuned one is marked
@@ -159,7 +188,7 @@ def progress_hook(comfy):
 
 
 def test_sweep_matches_comfyui_sampling_with_and_without_skip_tuning(compare, tiny, progress_hook):
-    grid, images = _run(compare, tiny, "1, 2", "1.0, 0.5")
+    grid, images, differences = _run(compare, tiny, "1, 2", "1.0, 0.5")
 
     assert images.shape == (4, 64, 64, 3)  # row-major: (1.0, 1), (1.0, 2), (0.5, 1), (0.5, 2)
     rows = [compare.rho_label(1.0, 1.0), compare.rho_label(0.5, 1.0)]
@@ -180,6 +209,32 @@ def test_sweep_matches_comfyui_sampling_with_and_without_skip_tuning(compare, ti
     assert {total for _, total in progress_hook.calls} == {6}
     values = [value for value, _ in progress_hook.calls]
     assert values == sorted(values) and values[-1] == 6
+
+    # Differences: the grid's layout; the plain row is the baseline (zero), the tuned row its amplified change.
+    assert differences.shape == grid.shape
+    for c in range(2):
+        x, y = layout.cells[0][c]
+        assert not differences[0, y + 32:y + 64, x:x + 64].any(), f"baseline cell {c} is not zero"
+        expected, gain = compare.amplified_difference(images[2 + c], images[c])
+        assert gain > 1.0
+        x, y = layout.cells[1][c]
+        assert torch.allclose(differences[0, y + 32:y + 64, x:x + 64], expected[32:], atol=0.5 / 255 + 1e-6)
+
+
+def test_differences_without_a_plain_row_sample_the_untuned_model(compare, tiny, progress_hook):
+    grid, images, differences = _run(compare, tiny, "2", "0.5, 0.0")
+
+    assert images.shape == (2, 64, 64, 3)  # only the requested rows
+    assert differences.shape == grid.shape
+    plain = _reference(tiny, tiny["model"], 2)[0]
+    layout = compare.GridLayout(2, 1, 64, 64, [compare.rho_label(0.5, 1.0), compare.rho_label(0.0, 1.0)],
+                                ["2 steps"], "seed 5, euler/normal, cfg 2, rho_top 1.00")
+    for r in range(2):
+        expected, _ = compare.amplified_difference(images[r], plain)
+        x, y = layout.cells[r][0]
+        assert torch.allclose(differences[0, y + 32:y + 64, x:x + 64], expected[32:], atol=0.5 / 255 + 1e-6), r
+    # The extra plain row is part of the sweep's progress: 3 rows x 2 steps.
+    assert {total for _, total in progress_hook.calls} == {6}
 
 
 def test_cancel_stops_the_sweep_within_a_step(compare, tiny, progress_hook):
