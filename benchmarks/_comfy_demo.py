@@ -1,9 +1,10 @@
-"""The bundled demo model inside ComfyUI, sampled by comfy.sample.sample (what KSampler runs).
+"""The bundled demo models inside ComfyUI, sampled by comfy.sample.sample (what KSampler runs).
 
 Builds ComfyUI's own UNetModel with the demo layout in a BaseModel (EPS, SD's discrete
-scaled-linear schedule, latent scale 1), loads the shipped weights, and applies Skip Tuning
+scaled-linear schedule, latent scale 1), or the demo U-ViT in ComfyUI's HunyuanDiT model
+(the same schedule and latents), loads the shipped weights, and applies Skip Tuning
 through the repository's ComfyUI node, imported the way ComfyUI imports a node pack.
-Needs a ComfyUI checkout ($COMFYUI_PATH or ~/ComfyUI); see _common.import_comfy.
+Needs a ComfyUI checkout ($COMFYUI_PATH, ~/ComfyUI or ../shared/ComfyUI); see _common.import_comfy.
 """
 
 from __future__ import annotations
@@ -76,12 +77,10 @@ def comfy_unet_config(unet_kwargs: dict) -> dict:
 
 
 def load_demo_in_comfy():
-    """(ModelPatcher of the demo model, class context table [11, L, D], config)."""
+    """(ModelPatcher of the demo model, the ldm UNetModel, class context table [11, L, D], config)."""
     if not import_comfy():
         raise RuntimeError("no ComfyUI checkout found (set COMFYUI_PATH)")
     import comfy.model_base
-    import comfy.model_management
-    import comfy.model_patcher
     import comfy.supported_models_base
 
     from skip_tuning_demo.model import load_demo_model
@@ -96,17 +95,55 @@ def load_demo_in_comfy():
     base = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.EPS)
     missing, unexpected = base.diffusion_model.load_state_dict(ldm_unet.state_dict(), strict=True)
     assert not missing and not unexpected
+    return _patcher(base, config), ldm_unet, table, config
+
+
+def load_uvit_in_comfy():
+    """(ModelPatcher of the demo U-ViT in ComfyUI's HunyuanDiT model, the network, class table, config)."""
+    if not import_comfy():
+        raise RuntimeError("no ComfyUI checkout found (set COMFYUI_PATH)")
+    import comfy.model_base
+    import comfy.supported_models_base
+
+    from skip_tuning_demo.uvit import load_uvit_model
+
+    net, table, config = load_uvit_model()
+
+    class DemoFashionUViT(comfy.supported_models_base.BASE):  # latent scale 1, SD's discrete schedule
+        unet_config = {"image_model": "hydit"}
+        unet_extra_config = {}
+        supported_inference_dtypes = [torch.float32]
+
+    model_config = DemoFashionUViT({"image_model": "hydit", **config["uvit_kwargs"]})
+    base = comfy.model_base.HunyuanDiT(model_config, model_type=comfy.model_base.ModelType.EPS)
+    missing, unexpected = base.diffusion_model.load_state_dict(net.state_dict(), strict=True)
+    assert not missing and not unexpected
+    return _patcher(base, config), net, table, config
+
+
+def _patcher(base, config):
+    import comfy.model_management
+    import comfy.model_patcher
+
     base.eval()
     schedule = base.model_sampling
     expected_last = 1.0 - config["schedule"]["beta_end"]  # last alpha of the scaled-linear schedule
     alphas_cumprod = 1.0 / (1.0 + schedule.sigmas.double() ** 2)
     if abs(float(alphas_cumprod[-1] / alphas_cumprod[-2]) - expected_last) > 1e-4:
         raise RuntimeError("ComfyUI's discrete schedule does not match the demo model's")
-    patcher = comfy.model_patcher.ModelPatcher(
+    return comfy.model_patcher.ModelPatcher(
         base, load_device=comfy.model_management.get_torch_device(),
         offload_device=comfy.model_management.unet_offload_device(),
     )
-    return patcher, ldm_unet, table, config
+
+
+def class_conditioning(table, index: int, uvit: bool) -> list:
+    """CONDITIONING for one class row of the table; HunyuanDiT also reads it as its mT5 tokens."""
+    context = table[index].unsqueeze(0).clone()
+    if not uvit:
+        return [[context, {}]]
+    mask = torch.ones(context.shape[:2], dtype=torch.long)
+    return [[context, {"attention_mask": mask, "conditioning_mt5xl": context.clone(), "attention_mask_mt5xl": mask}]]
 
 
 def skip_tuned(patcher, rho_bottom: float, rho_top: float = 1.0):
@@ -120,7 +157,7 @@ def skip_tuned(patcher, rho_bottom: float, rho_top: float = 1.0):
 
 @torch.no_grad()
 def comfy_sample_latents(patcher, table, labels, sampler: str, steps: int, cfg: float, noise: torch.Tensor,
-                         seed: int, scheduler: str = "normal") -> torch.Tensor:
+                         seed: int, scheduler: str = "normal", uvit: bool = False) -> torch.Tensor:
     """Latents for ``labels`` from comfy.sample.sample, one call per class (conditioning is per batch)."""
     import comfy.sample
 
@@ -130,8 +167,8 @@ def comfy_sample_latents(patcher, table, labels, sampler: str, steps: int, cfg: 
     out = torch.empty_like(noise)
     for cls in torch.unique(labels).tolist():
         index = (labels == cls).nonzero().flatten()
-        positive = [[table[cls].unsqueeze(0).clone(), {}]]
-        negative = [[table[NULL_INDEX].unsqueeze(0).clone(), {}]]
+        positive = class_conditioning(table, cls, uvit)
+        negative = class_conditioning(table, NULL_INDEX, uvit)
         batch_noise = noise[index].contiguous()
         latent = torch.zeros_like(batch_noise)
         with torch.inference_mode():

@@ -1,4 +1,7 @@
-"""Sample quality with and without Skip Tuning on the bundled Fashion-MNIST model.
+"""Sample quality with and without Skip Tuning on the bundled Fashion-MNIST models.
+
+``--model unet`` (default) is the bundled U-Net; ``--model uvit`` the demo U-ViT (ComfyUI's
+HunyuanDiT class scaled down, same latents, schedule and loss; skip_tuning_demo/uvit.py).
 
 For each configuration (sampler, steps, CFG scale, rho_bottom) the script samples blocks of
 class-balanced images with common random numbers: block b always uses the same labels,
@@ -8,16 +11,17 @@ features and predictions of every sample (one .npz per configuration and block) 
 resume; ``benchmarks/quality_report.py`` turns the store into tables and plots.
 
 Backends:
-  diffusers  skip_tuning_demo.sampling (diffusers schedulers driving the ldm UNetModel),
-             Skip Tuning through SkipScalingHooks (the A1111 path).
-  comfy      ComfyUI's UNetModel in a BaseModel sampled by comfy.sample.sample (KSampler),
-             Skip Tuning through this repository's "Skip Tuning" node (needs $COMFYUI_PATH).
+  diffusers  skip_tuning_demo.sampling (diffusers schedulers driving the network), Skip Tuning through
+             SkipScalingHooks (the A1111 path) for the U-Net, the core's replace patches for the U-ViT.
+  comfy      ComfyUI's UNetModel in a BaseModel (U-ViT: its HunyuanDiT model) sampled by
+             comfy.sample.sample (KSampler), Skip Tuning through this repository's "Skip Tuning" node.
 
     python3 benchmarks/quality.py --preset headline          # what docs/results/ shows (about 5-6 hours)
     python3 benchmarks/quality.py --preset quick             # a 40-minute subset
     python3 benchmarks/quality.py --preset comfy             # the same model through KSampler (about 25 min)
     python3 benchmarks/quality.py --preset full              # the whole grid, 4 x 250 samples each (about 13 hours)
     python3 benchmarks/quality.py --preset smoke --out outputs/smoke
+    python3 benchmarks/quality.py --model uvit --preset headline   # the U-ViT (store: .../quality_uvit)
 
 Presets run in stages; a stage may sample only the best rho_bottom of an earlier stage
 (selected on seed block 0, then measured on fresh blocks so the choice does not flatter it).
@@ -37,6 +41,7 @@ import torch  # noqa: E402
 from _common import REPO_ROOT, machine_summary, set_threads  # noqa: E402
 
 DEFAULT_STORE = os.path.join(REPO_ROOT, "outputs", "benchmarks", "quality")
+MODELS = ("unet", "uvit")
 
 ALL_SAMPLERS = ("euler", "heun", "dpmpp_2m", "unipc", "ddim", "euler_a")
 ALL_STEPS = (4, 6, 8, 10, 15, 25)
@@ -153,20 +158,30 @@ def nfe(sampler: str, steps: int) -> int:
     return 2 * steps - 1 if sampler == "heun" else steps
 
 
-class Runner:
-    def __init__(self, backend: str, store: str, block_size: int):
-        from skip_tuning_demo.model import load_demo_model
+def default_store(model: str) -> str:
+    return DEFAULT_STORE if model == "unet" else f"{DEFAULT_STORE}_{model}"
 
+
+class Runner:
+    def __init__(self, backend: str, store: str, block_size: int, model: str = "unet"):
         self.backend = backend
         self.store = store
         self.block_size = block_size
+        self.model = model
         os.makedirs(os.path.join(store, "samples"), exist_ok=True)
         self.check_weights()
         if backend == "comfy":
-            from _comfy_demo import load_demo_in_comfy
+            from _comfy_demo import load_demo_in_comfy, load_uvit_in_comfy
 
-            self.patcher, self.unet, self.table, self.config = load_demo_in_comfy()
+            load = load_uvit_in_comfy if model == "uvit" else load_demo_in_comfy
+            self.patcher, self.unet, self.table, self.config = load()
+        elif model == "uvit":
+            from skip_tuning_demo.uvit import load_uvit_model
+
+            self.unet, self.table, self.config = load_uvit_model()
         else:
+            from skip_tuning_demo.model import load_demo_model
+
             self.unet, self.table, self.config = load_demo_model()
         from skip_tuning_demo import metrics
 
@@ -180,9 +195,11 @@ class Runner:
 
         from skip_tuning_demo.classifier import CLASSIFIER_WEIGHTS
         from skip_tuning_demo.model import UNET_WEIGHTS
+        from skip_tuning_demo.uvit import UVIT_WEIGHTS
 
         digests = {}
-        for name, path in (("unet", UNET_WEIGHTS), ("classifier", CLASSIFIER_WEIGHTS)):
+        network = ("uvit", UVIT_WEIGHTS) if self.model == "uvit" else ("unet", UNET_WEIGHTS)
+        for name, path in (network, ("classifier", CLASSIFIER_WEIGHTS)):
             with open(path, "rb") as f:
                 digests[name] = hashlib.sha256(f.read()).hexdigest()
         record = os.path.join(self.store, "weights.json")
@@ -209,8 +226,17 @@ class Runner:
             from _comfy_demo import comfy_sample_latents, skip_tuned
 
             latents = comfy_sample_latents(skip_tuned(self.patcher, rho), self.table, labels, sampler, steps, cfg,
-                                           noise, seed=step_seed)
+                                           noise, seed=step_seed, uvit=self.model == "uvit")
             return unpack_latents(latents).clamp(-1, 1), labels
+        if self.model == "uvit":
+            from skip_tuning_core import find_skip_layout, with_skip_replace_patches
+            from skip_tuning_demo.uvit import UViTDenoiser
+
+            layout = find_skip_layout(self.unet)
+            options = with_skip_replace_patches({}, layout.replace_keys, rho_schedule(layout.n_skips, rho))
+            images = sample(UViTDenoiser(self.unet, options), self.table, labels, sampler, steps, cfg, noise=noise,
+                            step_seed=step_seed, batch_size=SAMPLING_CHUNK)
+            return images, labels
         rhos = rho_schedule(len(self.unet.output_blocks), rho)
         with SkipScalingHooks(self.unet, rhos):
             images = sample(self.unet, self.table, labels, sampler, steps, cfg, noise=noise, step_seed=step_seed,
@@ -279,20 +305,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="headline")
     parser.add_argument("--backend", choices=["diffusers", "comfy"], help="default: the preset's")
-    parser.add_argument("--out", default=DEFAULT_STORE, help="result store (resumable)")
+    parser.add_argument("--model", choices=MODELS, default="unet", help="the bundled U-Net or the demo U-ViT")
+    parser.add_argument("--out", help="result store (resumable; default outputs/benchmarks/quality[_uvit])")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stages", type=int, nargs="*", help="run only these stage indices")
     parser.add_argument("--dry-run", action="store_true", help="list the jobs and the estimated cost")
     args = parser.parse_args(argv)
 
     set_threads(args.threads)
+    args.out = args.out or default_store(args.model)
     preset = PRESETS[args.preset]
     backend = args.backend or preset.get("backend", "diffusers")
     block_size = preset["block_size"]
     stages = args.stages if args.stages else list(range(len(preset["stages"])))
-    print(f"preset {args.preset}, backend {backend}, store {args.out}; {machine_summary()}", flush=True)
+    print(f"preset {args.preset}, model {args.model}, backend {backend}, store {args.out}; {machine_summary()}",
+          flush=True)
 
-    runner = None if args.dry_run else Runner(backend, args.out, block_size)
+    runner = None if args.dry_run else Runner(backend, args.out, block_size, args.model)
     for stage_index in stages:
         jobs = plan(preset, args.out, backend, stage_index)
         units = sum(block_size * nfe(s, n) * (2 if c != 1.0 else 1) for s, n, c, _, _ in jobs)
@@ -308,7 +337,7 @@ def main(argv=None) -> int:
             print(f"  [{k + 1}/{len(jobs)}] {result['key']}: {result['seconds']:.1f} s, "
                   f"accuracy {result['accuracy']:.3f}; stage left ~{eta:.0f} min", flush=True)
     with open(os.path.join(args.out, "meta.json") if not args.dry_run else os.devnull, "w", encoding="utf-8") as f:
-        json.dump({"block_size": block_size, "machine": machine_summary()}, f)
+        json.dump({"block_size": block_size, "model": args.model, "machine": machine_summary()}, f)
     return 0
 
 

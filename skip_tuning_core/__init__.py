@@ -17,6 +17,7 @@ from .patch import (
     make_output_block_patch,
     make_skip_replace_patch,
     make_skip_replace_wrapper,
+    with_skip_replace_patches,
 )
 from .schedule import (
     DEFAULT_RHO_BOTTOM,
@@ -56,4 +57,5 @@ __all__ = [
     "skip_channel_plan",
     "validate_percent_window",
     "validate_rho",
+    "with_skip_replace_patches",
 ]

@@ -109,6 +109,32 @@ def make_skip_replace_patch(rho: float, previous=None, control_residual: torch.T
     return skip_tuning_replace_patch
 
 
+def with_skip_replace_patches(
+    transformer_options: dict,
+    replace_keys: Sequence,
+    rhos: Sequence[float],
+    control_residuals: Sequence[torch.Tensor] | None = None,
+) -> dict:
+    """A copy of ``transformer_options`` whose ``patches_replace["dit"]`` scales the skip of
+    ``replace_keys[i]``'s block by ``rhos[i]``, wrapping the patch that held each slot.
+
+    ``control_residuals`` (ControlNet's ``"output"`` list, popped from the end by the network, so
+    skip i receives ``control_residuals[-1 - i]``) are kept at full strength when given.
+    """
+    if len(replace_keys) != len(rhos):
+        raise ValueError(f"{len(rhos)} factors for {len(replace_keys)} skips")
+    patches_replace = dict(transformer_options.get("patches_replace", {}))
+    dit = dict(patches_replace.get("dit", {}))
+    residuals = list(control_residuals or ())
+    for index, (key, rho) in enumerate(zip(replace_keys, rhos)):
+        if rho == 1.0:
+            continue
+        residual = residuals[len(residuals) - 1 - index] if index < len(residuals) else None
+        dit[key] = make_skip_replace_patch(rho, dit.get(key), residual)
+    patches_replace["dit"] = dit
+    return {**transformer_options, "patches_replace": patches_replace}
+
+
 def make_skip_replace_wrapper(
     replace_keys: Sequence,
     rhos: Sequence[float],
@@ -117,34 +143,24 @@ def make_skip_replace_wrapper(
 ):
     """ComfyUI ``APPLY_MODEL`` wrapper that tunes a U-ViT's skips for the one model call it wraps.
 
-    The skip of ``replace_keys[i]``'s block is multiplied by ``rhos[i]``. The replace patches
-    are put into a copy of this call's ``transformer_options``, wrapping whatever patch holds
-    each slot at that moment (registered before or after Skip Tuning), so nothing is stored
-    on the model and no other patch is dropped. The wrapper sees the noise level, which the
-    replace patches do not: outside ``sigma_range`` the call runs untouched.
+    The replace patches (:func:`with_skip_replace_patches`) go into a copy of this call's
+    ``transformer_options``, wrapping whatever patch holds each slot at that moment (registered
+    before or after Skip Tuning), so nothing is stored on the model and no other patch is
+    dropped. The wrapper sees the noise level, which the replace patches do not: outside
+    ``sigma_range`` the call runs untouched.
     """
     if len(replace_keys) != len(rhos):
         raise ValueError(f"{len(rhos)} factors for {len(replace_keys)} skips")
-    tuned = tuple((index, key, float(rho)) for index, (key, rho) in enumerate(zip(replace_keys, rhos)) if rho != 1.0)
+    keys = tuple(replace_keys)
+    factors = tuple(float(rho) for rho in rhos)
+    tuned = any(rho != 1.0 for rho in factors)
     window = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]))
-
-    def _with_skip_patches(transformer_options, residuals):
-        patches_replace = dict(transformer_options.get("patches_replace", {}))
-        dit = dict(patches_replace.get("dit", {}))
-        for index, key, rho in tuned:
-            # The network pops residuals from the end, so skip i receives residuals[-1 - i].
-            residual = residuals[len(residuals) - 1 - index] if residuals and index < len(residuals) else None
-            dit[key] = make_skip_replace_patch(rho, dit.get(key), residual)
-        patches_replace["dit"] = dit
-        return {**transformer_options, "patches_replace": patches_replace}
 
     def skip_tuning_apply_model_wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options,
                                         *args, **kwargs):
         if tuned and _in_window(window, t, transformer_options):
-            residuals = None
-            if not scale_control and isinstance(control, dict):
-                residuals = control.get("output")
-            transformer_options = _with_skip_patches(transformer_options, residuals)
+            residuals = control.get("output") if not scale_control and isinstance(control, dict) else None
+            transformer_options = with_skip_replace_patches(transformer_options, keys, factors, residuals)
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
 
     return skip_tuning_apply_model_wrapper

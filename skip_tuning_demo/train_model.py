@@ -9,7 +9,13 @@ Two architectures on the same latents, loss and schedule (``--arch``):
 * ``uvit``, ComfyUI's HunyuanDiT class scaled down (:mod:`skip_tuning_demo.uvit`; needs a
   ComfyUI source tree; bf16 autocast is slower than fp32 on CPUs without bf16 units)::
 
-    python3 -m skip_tuning_demo.train_model --arch uvit --batch-size 64 --steps 20000 --max-minutes 110 \
+    python3 -m skip_tuning_demo.train_model --arch uvit --batch-size 64 --steps 20000 --max-minutes 110
+        --ema-decay 0.999 --resume
+
+* ``dit``, ComfyUI's Flux class scaled down (:mod:`skip_tuning_demo.dit`), trained as Flux is:
+  rectified flow, velocity target, logit-normal times (the eps loss options below do not apply)::
+
+    python3 -m skip_tuning_demo.train_model --arch dit --batch-size 64 --steps 20000 --max-minutes 110
         --ema-decay 0.999 --resume
 
 Loss: eps MSE whose x0-space weight is clamped to [1, 5] (``--snr-floor``,
@@ -51,27 +57,32 @@ import torch.nn as nn  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from skip_tuning_demo import dit as demo_dit  # type: ignore
     from skip_tuning_demo import model as demo_model  # type: ignore
     from skip_tuning_demo import uvit as demo_uvit  # type: ignore
     from skip_tuning_demo.data import DEFAULT_DATA_DIR, load_fashion_mnist, to_model_images  # type: ignore
 else:
+    from . import dit as demo_dit
     from . import model as demo_model
     from . import uvit as demo_uvit
     from .data import DEFAULT_DATA_DIR, load_fashion_mnist, to_model_images
 
 
 class DemoModel(nn.Module):
-    """The denoising network (``unet``: ldm UNetModel, ``uvit``: ComfyUI's HunYuanDiT) plus the
-    learned class context table (trained jointly)."""
+    """The denoising network (``unet``: ldm UNetModel, ``uvit``: ComfyUI's HunYuanDiT, ``dit``:
+    ComfyUI's Flux) plus the learned class context table (trained jointly)."""
 
     def __init__(self, arch: str, seed: int = 0):
         super().__init__()
         self.arch = arch
         if arch == "unet":
             self.unet = demo_model.build_unet(demo_model.default_config()["unet_kwargs"])
-        else:
+        elif arch == "uvit":
             self.unet = demo_uvit.build_uvit(demo_uvit.default_config()["uvit_kwargs"])
             demo_uvit.init_uvit_(self.unet, seed)
+        else:
+            self.unet = demo_dit.build_dit(demo_dit.default_config()["dit_kwargs"])
+            demo_dit.init_dit_(self.unet, seed)
         table = torch.randn(demo_model.NUM_CLASSES + 1, demo_model.CONTEXT_TOKENS, demo_model.CONTEXT_DIM)
         self.context_table = nn.Parameter(table)
 
@@ -79,7 +90,9 @@ class DemoModel(nn.Module):
         context = self.context_table[labels]
         if self.arch == "unet":
             return self.unet(x, t, context=context)
-        return demo_uvit.uvit_forward(self.unet, x, t, context)
+        if self.arch == "uvit":
+            return demo_uvit.uvit_forward(self.unet, x, t, context)
+        return demo_dit.dit_forward(self.unet, x, t, context)
 
 
 def scaled_linear_alphas_cumprod(cfg) -> torch.Tensor:
@@ -108,6 +121,15 @@ def eps_loss_weights(alphas_cumprod: torch.Tensor, min_snr_gamma: float, snr_flo
     if min_snr_gamma > 0:
         x0_weight = torch.clamp(x0_weight, max=min_snr_gamma)
     return x0_weight / snr
+
+
+def flow_batch(x0: torch.Tensor, noise: torch.Tensor, gen: torch.Generator):
+    """Rectified flow as Flux/SD3 train it: t logit-normal, x_t = (1 - t) x0 + t noise, target noise - x0."""
+    schedule = demo_dit.FLOW_SCHEDULE
+    logits = torch.randn(x0.shape[0], generator=gen) * schedule["logit_std"] + schedule["logit_mean"]
+    t = torch.sigmoid(logits)
+    xt = (1 - t).view(-1, 1, 1, 1) * x0 + t.view(-1, 1, 1, 1) * noise
+    return xt, t, noise - x0, torch.ones_like(t)
 
 
 def lr_at(progress: float, step: int, args) -> float:
@@ -139,6 +161,7 @@ _OUTPUTS = {
     "unet": (demo_model.UNET_WEIGHTS, demo_model.CONTEXT_WEIGHTS, demo_model.CONFIG_PATH, demo_model.default_config),
     "uvit": (demo_uvit.UVIT_WEIGHTS, demo_uvit.UVIT_CONTEXT_WEIGHTS, demo_uvit.UVIT_CONFIG_PATH,
              demo_uvit.default_config),
+    "dit": (demo_dit.DIT_WEIGHTS, demo_dit.DIT_CONTEXT_WEIGHTS, demo_dit.DIT_CONFIG_PATH, demo_dit.default_config),
 }
 
 
@@ -276,6 +299,7 @@ def main(argv=None) -> int:
             "lr": args.lr,
             "ema_decay": args.ema_decay,
             "label_dropout": args.label_dropout,
+            "objective": "rectified flow, logit-normal t" if args.arch == "dit" else "eps, SNR-clamped weights",
             "min_snr_gamma": args.min_snr_gamma,
             "snr_floor": args.snr_floor,
             "bf16_autocast": bool(args.bf16),
@@ -319,13 +343,17 @@ def main(argv=None) -> int:
         y = labels_t[idx].clone()
         drop = torch.rand(args.batch_size, generator=gen) < args.label_dropout
         y[drop] = demo_model.NULL_INDEX
-        t = torch.randint(0, alphas_cumprod.shape[0], (args.batch_size,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
-        xt = sqrt_ac[t].view(-1, 1, 1, 1) * x0 + sqrt_1mac[t].view(-1, 1, 1, 1) * noise
+        if args.arch == "dit":
+            xt, t, target, weights = flow_batch(x0, noise, gen)
+        else:
+            t = torch.randint(0, alphas_cumprod.shape[0], (args.batch_size,), generator=gen)
+            xt = sqrt_ac[t].view(-1, 1, 1, 1) * x0 + sqrt_1mac[t].view(-1, 1, 1, 1) * noise
+            target, weights = noise, snr_weights[t]
 
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             pred = model(xt, t, y).float()
-        loss = (snr_weights[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss = (weights * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:

@@ -212,3 +212,28 @@ def test_demo_model_in_comfy_matches_ldm(comfy):
     with torch.inference_mode():
         torch.testing.assert_close(patcher.model.diffusion_model(x, t, context), ldm_unet(x, t, context=context),
                                    rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.comfyui
+@pytest.mark.skipif(not HAVE_DEMO_DEPS, reason="needs ldm, diffusers, safetensors and scipy")
+def test_demo_uvit_in_comfy_matches_the_direct_path(comfy):
+    """The benchmark's two U-ViT paths compute the same network, plain and tuned."""
+    from skip_tuning_core import find_skip_layout, rho_schedule, with_skip_replace_patches
+    from skip_tuning_demo.uvit import UVIT_WEIGHTS, UViTDenoiser
+
+    if not os.path.exists(UVIT_WEIGHTS):
+        pytest.skip("demo U-ViT weights not present")
+    from _comfy_demo import load_uvit_in_comfy
+
+    patcher, net, table, _ = load_uvit_in_comfy()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 16, 16, generator=gen)
+    t = torch.tensor([10.0, 500.0, 990.0])
+    context = table[[0, 5, 10]]
+    layout = find_skip_layout(net)
+    tuned_options = with_skip_replace_patches({}, layout.replace_keys, rho_schedule(layout.n_skips, 0.7))
+    with torch.inference_mode():
+        for options in ({}, tuned_options):
+            torch.testing.assert_close(UViTDenoiser(patcher.model.diffusion_model, options)(x, t, context),
+                                       UViTDenoiser(net, options)(x, t, context), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(UViTDenoiser(net, tuned_options)(x, t, context), UViTDenoiser(net)(x, t, context))
