@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .skip_tuning_core import SkipTuningError, count_long_skips, parse_rho_list, validate_rho
+from .skip_tuning_core import SkipTuningError, find_skip_layout, parse_rho_list, validate_rho
 from .skip_tuning_nodes import apply_skip_tuning, diffusion_model_of
 
 MAX_STEPS = 10000
@@ -179,14 +179,13 @@ def make_grid(
 
 def check_model(model) -> int:
     """The model's number of long skips; a clear error for models without them (before sampling)."""
-    network = diffusion_model_of(model)
-    n_skips = count_long_skips(network) if network is not None else None
-    if n_skips is None:
+    layout = find_skip_layout(diffusion_model_of(model))
+    if layout is None:
         raise SkipTuningError(
-            "Skip Tuning Compare needs a U-Net with long skips (SD1.x, SD2.x, SDXL, ...); this model has none, "
-            "so every row would be the same image"
+            "Skip Tuning Compare needs a model with long skips (U-Nets such as SD1.x, SD2.x, SDXL; U-ViTs such as "
+            "HunyuanDiT); this model has none, so every row would be the same image"
         )
-    return n_skips
+    return layout.n_skips
 
 
 class SkipTuningCompare:
