@@ -282,7 +282,7 @@ class SkipTuningAdvanced:
                 "scale_controlnet": ("BOOLEAN", {
                     "default": True,
                     "tooltip": "ComfyUI adds ControlNet residuals to the skips before they are scaled. On: "
-                               "the residuals are scaled with them. Off: only the U-Net's own skip is scaled "
+                               "the residuals are scaled with them. Off: only the model's own skip is scaled "
                                "and ControlNet keeps its full strength.",
                 }),
             },
