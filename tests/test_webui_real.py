@@ -7,7 +7,7 @@ every process is killed (its whole process group) when its tests end, failed or 
 
     SKIP_TUNING_WEBUI_PATHS=/path/to/forge python3 -m pytest tests/test_webui_real.py -m webui_real
 
-The model is a random-weight SD1.5 at 64x64, 3 steps, CFG 1 (one U-Net call per step: a step
+The model is a random-weight SD1.5 at 64x64, 2 steps, CFG 1 (one U-Net call per step: a step
 still takes seconds on a CPU): the images mean nothing, but equal pixels mean an unchanged
 computation, so "off" and "rho 1" are compared bit for bit.
 """
@@ -60,7 +60,7 @@ pytestmark = [
 ]
 
 BASE = {
-    "prompt": "a photo of a cat", "negative_prompt": "", "seed": 1234, "steps": 3, "width": 64, "height": 64,
+    "prompt": "a photo of a cat", "negative_prompt": "", "seed": 1234, "steps": 2, "width": 64, "height": 64,
     "cfg_scale": 1, "sampler_name": "Euler", "batch_size": 1, "n_iter": 1, "send_images": True, "save_images": False,
 }
 HIRES = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "hr_second_pass_steps": 1,
@@ -305,7 +305,7 @@ def test_interrupt_during_a_tuned_generation_then_off_is_off(webui, image):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         status, progress = webui.request("/sdapi/v1/progress?skip_current_image=true")
-        if status == 200 and progress["state"]["sampling_step"] >= 2:
+        if status == 200 and progress["state"]["sampling_step"] >= 1:
             break
         time.sleep(0.2)
     webui.request("/sdapi/v1/interrupt", {})
@@ -331,14 +331,14 @@ def test_infotext_round_trip(webui, image):
 
 
 def test_refiner_steps(webui, image, checkout):
-    """A same-architecture refiner for the last 2 of 6 steps: are they tuned? The README says per webui."""
+    """A same-architecture refiner for the last of 4 steps: is it tuned? The README says per webui."""
     status, models = webui.request("/sdapi/v1/sd-models")
     if not any(m["model_name"] == REFINER for m in models):
         pytest.skip(f"{REFINER} is not in this checkout")
-    refiner = {"steps": 6, "refiner_checkpoint": REFINER, "refiner_switch_at": 0.55}
+    refiner = {"steps": 4, "refiner_checkpoint": REFINER, "refiner_switch_at": 0.55}
     off = image(**refiner)
     whole = image([True, 0.8, 1.0, 0, 100], **refiner)
-    base_only = image([True, 0.8, 1.0, 0, 60], **refiner)  # steps 0-3: the base model's steps only
+    base_only = image([True, 0.8, 1.0, 0, 60], **refiner)  # steps 0-2: the base model's steps only
     assert whole != off and base_only != off
     refiner_steps_tuned = whole != base_only
     expected = checkout["webui"] == "a1111"

@@ -84,8 +84,22 @@ def git_checkout(source: str, dest: Path, commit: str, paths=None) -> None:
         run(["git", "clone", "--quiet", "--no-checkout", source, dest])
     if paths:
         run(["git", "-C", dest, "checkout", commit, "--", *paths])
-    else:
-        run(["git", "-C", dest, "-c", "advice.detachedHead=false", "checkout", "--quiet", commit])
+        return
+    missing = missing_files(dest, commit)
+    if missing:  # a mirror without some large blobs: leave those files out rather than fail
+        print(f"{dest.name}: leaving out files the source lacks: {', '.join(missing)}", flush=True)
+        run(["git", "-C", dest, "sparse-checkout", "set", "--no-cone", "/*", *(f"!/{path}" for path in missing)])
+    run(["git", "-C", dest, "-c", "advice.detachedHead=false", "checkout", "--quiet", commit])
+
+
+def missing_files(repo: Path, commit: str) -> list[str]:
+    """Files of ``commit`` whose contents the clone does not have."""
+    tree = subprocess.run(["git", "-C", repo, "ls-tree", "-r", commit], check=True, capture_output=True,
+                          text=True).stdout.splitlines()
+    blobs = {line.split()[2]: line.split("\t", 1)[1] for line in tree if line.split()[1] == "blob"}
+    check = subprocess.run(["git", "-C", repo, "cat-file", "--batch-check"], input="\n".join(blobs) + "\n",
+                           check=True, capture_output=True, text=True).stdout.splitlines()
+    return sorted(blobs[line.split()[0]] for line in check if line.endswith(" missing"))
 
 
 def requirements(webui_dir: Path, webui: str) -> list[str]:
