@@ -294,7 +294,7 @@ def test_controlnet_residual_scaled_or_kept(tiny, nodes, monkeypatch, caplog):
     for b, a in pairs(before, after):
         assert torch.equal(a["hsp"], b["hsp"] * rho)
 
-    if nodes.diffusion_model_wrapper_type(base) is not None:
+    if nodes.model_wrapper_type(base, "DIFFUSION_MODEL") is not None:
         # scale_controlnet off: rho * skip + residual.
         model, before, after = probed(
             base, lambda m: nodes.SkipTuningAdvanced().patch(m, rho, rho, 0, 1, "", False)[0])
@@ -304,7 +304,7 @@ def test_controlnet_residual_scaled_or_kept(tiny, nodes, monkeypatch, caplog):
             torch.testing.assert_close(a["hsp"], rho * (b["hsp"] - residual) + residual, rtol=1e-5, atol=1e-5)
             assert not torch.allclose(a["hsp"], b["hsp"] * rho, rtol=1e-3, atol=1e-3)
         # Simulate a ComfyUI from before model wrappers (2024-12) for the fallback below.
-        monkeypatch.setattr(nodes, "diffusion_model_wrapper_type", lambda model: None)
+        monkeypatch.setattr(nodes, "model_wrapper_type", lambda model, name: None)
 
     # A ComfyUI without model wrappers: warn, and scale the residual with the skip.
     with caplog.at_level(logging.WARNING, logger="skip_tuning"):

@@ -217,7 +217,7 @@ def test_scale_controlnet_false_without_wrappers_warns_and_scales(caplog):
 
 
 def test_scale_controlnet_false_registers_the_snapshot_wrapper_once(monkeypatch):
-    monkeypatch.setattr(nodes, "diffusion_model_wrapper_type", lambda model: "diffusion_model")
+    monkeypatch.setattr(nodes, "model_wrapper_type", lambda model, name: name.lower())
     base = WrapperStubPatcher(FakeUNet(3))
     node = nodes.SkipTuningAdvanced()
     (first,) = node.patch(base, 0.5, 1.0, 0.0, 1.0, "", False)

@@ -232,3 +232,12 @@ def test_log_names_the_architecture(tiny, nodes, caplog):
     with caplog.at_level(logging.INFO, logger="skip_tuning"):
         nodes.SkipTuning().patch(tiny("hunyuan_dit"), 0.8, 1.0)
     assert "(HunyuanDiT), 19 long skips" in caplog.text
+
+
+def test_without_model_wrappers_the_uvit_passes_through_with_a_warning(tiny, nodes, monkeypatch, caplog):
+    """A ComfyUI from before model wrappers (2024-12): nothing can reach the skips per call."""
+    monkeypatch.setattr(nodes, "model_wrapper_type", lambda model, name: None)
+    base = tiny("hunyuan_dit")
+    with caplog.at_level(logging.WARNING, logger="skip_tuning"):
+        assert nodes.SkipTuning().patch(base, 0.7, 1.0)[0] is base
+    assert "no model wrappers, which HunyuanDiT needs" in caplog.text
