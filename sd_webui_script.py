@@ -6,6 +6,8 @@
   attached when that sampler call starts, on the U-Net loaded at that moment, and removed in a
   ``finally`` when it ends (interrupts and skips end there too). Nothing stays attached between
   passes, so hires fix with another checkpoint gets the right U-Net and its own channel plan.
+  A1111 1.9 and older never call ``process_before_every_sampling``: there the hooks are attached
+  from ``process_batch`` (first pass) and ``before_hr`` (hires pass) and removed afterwards.
 * Forge / reForge (ComfyUI-derived patcher): the core's output-block patch, the one the ComfyUI
   node uses, on a clone of ``p.sd_model.forge_objects.unet``; Forge resets ``forge_objects``
   before every pass, so nothing outlives the pass there either.
@@ -324,6 +326,17 @@ def host_calls_before_every_sampling() -> bool:
     return hasattr(scripts.ScriptRunner, "process_before_every_sampling")
 
 
+def _warn_refiner(p, forge: bool) -> None:
+    """Say what happens to a refiner's steps (seen in the real webuis: tests/test_webui_real.py)."""
+    if getattr(p, "refiner_checkpoint_info", None) is None:
+        return
+    if forge:
+        _warn(p, "the refiner's steps run without Skip Tuning (it is loaded as a new, unpatched U-Net)")
+    else:
+        _warn(p, "a refiner of the same architecture is loaded into the tuned U-Net (with the default checkpoint "
+                 "cache of 1), so its steps are tuned too; any other refiner's steps run without Skip Tuning")
+
+
 def attach_legacy_pass(p, params: WebuiParams, is_hr_pass: bool) -> None:
     """Older A1111: hooks attached from process_batch (first pass) or before_hr (hires pass) on.
 
@@ -334,6 +347,7 @@ def attach_legacy_pass(p, params: WebuiParams, is_hr_pass: bool) -> None:
     remove_all_hooks()
     if not params.enabled or not params.applies_to_pass(is_hr_pass):
         return
+    _warn_refiner(p, forge=False)
     if _active_sd_unet() is not None:
         _warn(p, "an SD U-Net replacement (TensorRT or similar) is active and bypasses the output blocks; "
                  "nothing is changed")
@@ -480,9 +494,8 @@ class SkipTuningScriptLogic:
         params = self._params(p, args)
         if not params.enabled or not params.applies_to_pass(bool(getattr(p, "is_hr_pass", False))):
             return
-        if getattr(p, "refiner_checkpoint_info", None) is not None:
-            _warn(p, "the refiner's steps run without Skip Tuning (the refiner is loaded in the middle of sampling)")
         unet_patcher = forge_unet_patcher(p)
+        _warn_refiner(p, forge=unet_patcher is not None)
         if unet_patcher is not None:
             apply_forge(p, params, unet_patcher)
         else:
