@@ -326,15 +326,23 @@ def host_calls_before_every_sampling() -> bool:
     return hasattr(scripts.ScriptRunner, "process_before_every_sampling")
 
 
-def _warn_refiner(p, forge: bool) -> None:
-    """Say what happens to a refiner's steps (seen in the real webuis: tests/test_webui_real.py)."""
+REFINER_TUNED = "its steps are tuned too"
+REFINER_UNTUNED = "the refiner's steps run without Skip Tuning"
+
+
+def _warn_refiner(p, refiner_tuned: bool) -> None:
+    """Say what happens to a refiner's steps, as seen in the real webuis (tests/test_webui_real.py).
+
+    A1111 1.10 loads a same-architecture refiner into the hooked U-Net; Forge and reForge load an
+    unpatched one, and so, in effect, does A1111 1.9.
+    """
     if getattr(p, "refiner_checkpoint_info", None) is None:
         return
-    if forge:
-        _warn(p, "the refiner's steps run without Skip Tuning (it is loaded as a new, unpatched U-Net)")
-    else:
+    if refiner_tuned:
         _warn(p, "a refiner of the same architecture is loaded into the tuned U-Net (with the default checkpoint "
-                 "cache of 1), so its steps are tuned too; any other refiner's steps run without Skip Tuning")
+                 f"cache of 1), so {REFINER_TUNED}; any other refiner's steps run without Skip Tuning")
+    else:
+        _warn(p, f"{REFINER_UNTUNED} on this webui")
 
 
 def attach_legacy_pass(p, params: WebuiParams, is_hr_pass: bool) -> None:
@@ -347,7 +355,7 @@ def attach_legacy_pass(p, params: WebuiParams, is_hr_pass: bool) -> None:
     remove_all_hooks()
     if not params.enabled or not params.applies_to_pass(is_hr_pass):
         return
-    _warn_refiner(p, forge=False)
+    _warn_refiner(p, refiner_tuned=False)
     if _active_sd_unet() is not None:
         _warn(p, "an SD U-Net replacement (TensorRT or similar) is active and bypasses the output blocks; "
                  "nothing is changed")
@@ -495,7 +503,7 @@ class SkipTuningScriptLogic:
         if not params.enabled or not params.applies_to_pass(bool(getattr(p, "is_hr_pass", False))):
             return
         unet_patcher = forge_unet_patcher(p)
-        _warn_refiner(p, forge=unet_patcher is not None)
+        _warn_refiner(p, refiner_tuned=unet_patcher is None)
         if unet_patcher is not None:
             apply_forge(p, params, unet_patcher)
         else:
