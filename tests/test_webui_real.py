@@ -77,8 +77,9 @@ def free_port() -> int:
 
 
 def decode(image_b64: str):
-    """Pixels of an API image (the PNG's text chunks, which hold the infotext, are left out)."""
-    image = PIL.open(io.BytesIO(base64.b64decode(image_b64.split(",", 1)[-1])))
+    """RGB pixels of an API image (not the PNG's text chunks, which hold the infotext; reForge's
+    X/Y/Z cells come back as RGBA)."""
+    image = PIL.open(io.BytesIO(base64.b64decode(image_b64.split(",", 1)[-1]))).convert("RGB")
     return image.mode, image.size, image.tobytes()
 
 
