@@ -37,8 +37,6 @@ from pathlib import Path
 
 import torch
 
-from skip_tuning_demo import comfy_import
-
 TESTS_DIR = Path(os.path.realpath(__file__)).parent
 REPO_ROOT = TESTS_DIR.parent
 TEST_NODES_DIR = TESTS_DIR / "comfy_test_nodes"
@@ -98,11 +96,15 @@ MEASURED_WINDOWS: dict = {}
 
 def find_comfyui() -> Path | None:
     """The ComfyUI checkout at COMFYUI_PATH, else ~/ComfyUI, else shared/ComfyUI beside the repository."""
+    from skip_tuning_demo import comfy_import  # not at module level: the test server loads this file alone
+
     path = comfy_import.comfyui_path()
     return Path(path) if path else None
 
 
 def comfyui_missing_reason() -> str:
+    from skip_tuning_demo import comfy_import
+
     where = " or ".join(comfy_import.comfyui_candidates())
     return f"no ComfyUI checkout found at {where} (set COMFYUI_PATH to use another)"
 

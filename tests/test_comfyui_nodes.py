@@ -202,7 +202,8 @@ def test_models_without_long_skips_pass_through(caplog):
     with caplog.at_level(logging.WARNING, logger="skip_tuning"):
         (result,) = nodes.SkipTuningAdvanced().patch(base, 0.5, 1.0, 0.0, 1.0, "1,1,1", False)
     assert result is base and base.patches == []
-    assert any("SimpleNamespace (Linear) has no U-Net long skip" in record.message for record in caplog.records)
+    assert any("SimpleNamespace (Linear) has no long skip connections (U-Net or U-ViT)" in record.message
+               for record in caplog.records)
 
 
 def test_scale_controlnet_false_without_wrappers_warns_and_scales(caplog):
