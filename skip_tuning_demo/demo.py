@@ -1,6 +1,6 @@
 """One-command demo: the bundled model where Skip Tuning changes it, with and without it.
 
-    python3 -m skip_tuning_demo.demo                     # about 1.5 minutes on 2 CPU cores
+    python3 -m skip_tuning_demo.demo                     # about 3 minutes on 2 CPU cores
     python3 -m skip_tuning_demo.demo --compare dpmpp_2m:4:15:1.2 unipc:1:4:0.6 --samples 200
 
 Each comparison (sampler:cfg:steps:rho_bottom) samples the same seeds twice, plainly and with
