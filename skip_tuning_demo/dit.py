@@ -13,8 +13,6 @@ timestep embedding. Needs a ComfyUI source tree (:mod:`skip_tuning_demo.comfy_im
 from __future__ import annotations
 
 import copy
-import json
-import math
 import os
 from typing import Any
 
@@ -23,7 +21,7 @@ from torch import nn
 
 from .comfy_import import import_comfy
 from .model import CONTEXT_DIM, CONTEXT_KEY, CONTEXT_TOKENS, LATENT_CHANNELS, NUM_CLASSES
-from .uvit import TorchOps
+from .uvit import TorchOps, load_network, xavier_linears_
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 DIT_WEIGHTS = os.path.join(WEIGHTS_DIR, "fashion_dit.safetensors")
@@ -98,13 +96,7 @@ def build_dit(dit_kwargs: dict[str, Any] | None = None, operations=None, dtype=N
 @torch.no_grad()
 def init_dit_(net: nn.Module, seed: int = 0) -> None:
     """DiT's initialisation: Xavier linears, zeroed modulations and output layer (blocks start as identity)."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in net.modules():
-        if isinstance(module, nn.Linear):
-            bound = math.sqrt(6.0 / (module.in_features + module.out_features))
-            module.weight.uniform_(-bound, bound, generator=generator)
-            if module.bias is not None:
-                module.bias.zero_()
+    xavier_linears_(net, torch.Generator().manual_seed(seed))
     for name, param in net.named_parameters():
         if name.endswith("norm.scale"):  # Flux's own RMSNorm (q/k norms) leaves its scale uninitialised
             param.fill_(1.0)
@@ -123,19 +115,5 @@ def dit_forward(net: nn.Module, x: torch.Tensor, t: torch.Tensor, context: torch
 
 
 def load_dit_model(device="cpu", dtype=torch.float32, weights_dir: str | None = None):
-    """``(Flux in eval mode, class table [11, L, D], config)`` from the shipped weights."""
-    from safetensors.torch import load_file
-
-    wdir = weights_dir or WEIGHTS_DIR
-    with open(os.path.join(wdir, os.path.basename(DIT_CONFIG_PATH)), encoding="utf-8") as f:
-        config = json.load(f)
-    import_comfy()
-    import comfy.ops
-
-    net = build_dit(config["dit_kwargs"], operations=comfy.ops.disable_weight_init)
-    state = load_file(os.path.join(wdir, config["weights_file"]))
-    net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    net.to(device=device, dtype=dtype).eval()
-    cond = config["conditioning"]
-    table = load_file(os.path.join(wdir, cond["context_file"]))[cond["context_key"]].to(device=device, dtype=dtype)
-    return net, table, config
+    """``(Flux in eval mode, class table [11, L, D], config)`` from the trained weights."""
+    return load_network(DIT_CONFIG_PATH, "dit_kwargs", build_dit, device, dtype, weights_dir)

@@ -97,15 +97,21 @@ def build_uvit(uvit_kwargs: dict[str, Any] | None = None, operations=None, dtype
 
 
 @torch.no_grad()
-def init_uvit_(net: nn.Module, seed: int = 0) -> None:
-    """DiT's initialisation: Xavier linears, zeroed modulations and output layer (each block starts as identity)."""
-    generator = torch.Generator().manual_seed(seed)
+def xavier_linears_(net: nn.Module, generator: torch.Generator) -> None:
+    """Xavier-uniform weights and zero biases for every linear layer (DiT's initialisation)."""
     for module in net.modules():
         if isinstance(module, nn.Linear):
             bound = math.sqrt(6.0 / (module.in_features + module.out_features))
             module.weight.uniform_(-bound, bound, generator=generator)
             if module.bias is not None:
                 module.bias.zero_()
+
+
+@torch.no_grad()
+def init_uvit_(net: nn.Module, seed: int = 0) -> None:
+    """DiT's initialisation: Xavier linears, zeroed modulations and output layer (each block starts as identity)."""
+    generator = torch.Generator().manual_seed(seed)
+    xavier_linears_(net, generator)
     for name, param in net.named_parameters():
         if name in ("text_embedding_padding",) or name.endswith("positional_embedding"):
             param.normal_(0.0, 0.02, generator=generator)
@@ -154,20 +160,29 @@ class UViTDenoiser(nn.Module):
         return uvit_forward(self.net, x, t, context, self.transformer_options)
 
 
-def load_uvit_model(device="cpu", dtype=torch.float32, weights_dir: str | None = None):
-    """``(HunYuanDiT in eval mode, class table [11, L, D], config)`` from the shipped weights."""
+def load_network(config_path: str, kwargs_key: str, build, device="cpu", dtype=torch.float32,
+                 weights_dir: str | None = None):
+    """``(network in eval mode, class table [11, L, D], config)`` of a demo model built from ComfyUI's classes.
+
+    ``build(kwargs, operations=...)`` makes the network with ComfyUI's own ops, as ComfyUI loads it.
+    """
     from safetensors.torch import load_file
 
     wdir = weights_dir or WEIGHTS_DIR
-    with open(os.path.join(wdir, os.path.basename(UVIT_CONFIG_PATH)), encoding="utf-8") as f:
+    with open(os.path.join(wdir, os.path.basename(config_path)), encoding="utf-8") as f:
         config = json.load(f)
     import_comfy()
     import comfy.ops
 
-    net = build_uvit(config["uvit_kwargs"], operations=comfy.ops.disable_weight_init)
+    net = build(config[kwargs_key], operations=comfy.ops.disable_weight_init)
     state = load_file(os.path.join(wdir, config["weights_file"]))
     net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     net.to(device=device, dtype=dtype).eval()
     cond = config["conditioning"]
     table = load_file(os.path.join(wdir, cond["context_file"]))[cond["context_key"]].to(device=device, dtype=dtype)
     return net, table, config
+
+
+def load_uvit_model(device="cpu", dtype=torch.float32, weights_dir: str | None = None):
+    """``(HunYuanDiT in eval mode, class table [11, L, D], config)`` from the shipped weights."""
+    return load_network(UVIT_CONFIG_PATH, "uvit_kwargs", build_uvit, device, dtype, weights_dir)
