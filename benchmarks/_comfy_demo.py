@@ -76,8 +76,8 @@ def comfy_unet_config(unet_kwargs: dict) -> dict:
     }
 
 
-def load_demo_in_comfy():
-    """(ModelPatcher of the demo model, the ldm UNetModel, class context table [11, L, D], config)."""
+def load_demo_in_comfy(weights_dir=None):
+    """(ModelPatcher of a demo U-Net (default: the bundled one), the ldm UNetModel, class table [11, L, D], config)."""
     if not import_comfy():
         raise RuntimeError("no ComfyUI checkout found (set COMFYUI_PATH)")
     import comfy.model_base
@@ -85,7 +85,7 @@ def load_demo_in_comfy():
 
     from skip_tuning_demo.model import load_demo_model
 
-    ldm_unet, table, config = load_demo_model()
+    ldm_unet, table, config = load_demo_model(weights_dir=weights_dir)
 
     class DemoFashionUNet(comfy.supported_models_base.BASE):
         unet_extra_config = {}
@@ -121,6 +121,54 @@ def load_uvit_in_comfy():
     return _patcher(base, config), net, table, config
 
 
+def load_dit_in_comfy():
+    """(ModelPatcher of the demo DiT in ComfyUI's Flux model, the network, class table, config).
+
+    A FLUX-type model (velocity, ``denoised = x - sigma * v``) whose time shift is the identity
+    (ComfyUI's Flux shift is the log-shift mu; mu = 0 leaves t alone), as the DiT was trained.
+    """
+    if not import_comfy():
+        raise RuntimeError("no ComfyUI checkout found (set COMFYUI_PATH)")
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models_base
+
+    from skip_tuning_demo.dit import load_dit_model
+
+    net, table, config = load_dit_model()
+
+    class DemoFashionDiT(comfy.supported_models_base.BASE):  # latent scale 1
+        unet_config = {"image_model": "flux"}
+        unet_extra_config = {}
+        sampling_settings = {"shift": 0.0}
+        supported_inference_dtypes = [torch.float32]
+
+    model_config = DemoFashionDiT({"image_model": "flux", **config["dit_kwargs"]})
+    base = comfy.model_base.Flux(model_config)
+    missing, unexpected = base.diffusion_model.load_state_dict(net.state_dict(), strict=True)
+    assert not missing and not unexpected
+    base.eval()
+    patcher = comfy.model_patcher.ModelPatcher(
+        base, load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
+    return patcher, net, table, config
+
+
+def residual_tuned(patcher, factors):
+    """A clone of the patcher whose DiT blocks run ``rho_l * x + F_l(x)`` (the core's replace patches)."""
+    from skip_tuning_core.residual import find_residual_layout, with_residual_replace_patches
+
+    if all(float(rho) == 1.0 for rho in factors):
+        return patcher
+    layout = find_residual_layout(patcher.model.diffusion_model)
+    tuned = patcher.clone()
+    options = tuned.model_options.get("transformer_options", {})
+    tuned.model_options["transformer_options"] = with_residual_replace_patches(options, layout.block_keys, factors)
+    return tuned
+
+
 def _patcher(base, config):
     import comfy.model_management
     import comfy.model_patcher
@@ -137,10 +185,13 @@ def _patcher(base, config):
     )
 
 
-def class_conditioning(table, index: int, uvit: bool) -> list:
-    """CONDITIONING for one class row of the table; HunyuanDiT also reads it as its mT5 tokens."""
+def class_conditioning(table, index: int, kind: str = "unet") -> list:
+    """CONDITIONING for one class row of the table. HunyuanDiT (``uvit``) also reads it as its mT5
+    tokens; Flux (``dit``) takes the tokens' mean as its pooled vector, as in training."""
     context = table[index].unsqueeze(0).clone()
-    if not uvit:
+    if kind == "dit":
+        return [[context, {"pooled_output": context.mean(dim=1)}]]
+    if kind != "uvit":
         return [[context, {}]]
     mask = torch.ones(context.shape[:2], dtype=torch.long)
     return [[context, {"attention_mask": mask, "conditioning_mt5xl": context.clone(), "attention_mask_mt5xl": mask}]]
@@ -157,7 +208,7 @@ def skip_tuned(patcher, rho_bottom: float, rho_top: float = 1.0):
 
 @torch.no_grad()
 def comfy_sample_latents(patcher, table, labels, sampler: str, steps: int, cfg: float, noise: torch.Tensor,
-                         seed: int, scheduler: str = "normal", uvit: bool = False) -> torch.Tensor:
+                         seed: int, scheduler: str = "normal", kind: str = "unet") -> torch.Tensor:
     """Latents for ``labels`` from comfy.sample.sample, one call per class (conditioning is per batch)."""
     import comfy.sample
 
@@ -167,8 +218,8 @@ def comfy_sample_latents(patcher, table, labels, sampler: str, steps: int, cfg: 
     out = torch.empty_like(noise)
     for cls in torch.unique(labels).tolist():
         index = (labels == cls).nonzero().flatten()
-        positive = class_conditioning(table, cls, uvit)
-        negative = class_conditioning(table, NULL_INDEX, uvit)
+        positive = class_conditioning(table, cls, kind)
+        negative = class_conditioning(table, NULL_INDEX, kind)
         batch_noise = noise[index].contiguous()
         latent = torch.zeros_like(batch_noise)
         with torch.inference_mode():

@@ -1,7 +1,8 @@
 """Sample quality with and without Skip Tuning on the bundled Fashion-MNIST models.
 
-``--model unet`` (default) is the bundled U-Net; ``--model uvit`` the demo U-ViT (ComfyUI's
-HunyuanDiT class scaled down, same latents, schedule and loss; skip_tuning_demo/uvit.py).
+``--model unet`` (default) is the bundled U-Net; ``--model wide_unet`` a second U-Net of the same
+kind (width 96, another seed); ``--model uvit`` the demo U-ViT (ComfyUI's HunyuanDiT class scaled
+down, same latents, schedule and loss; skip_tuning_demo/uvit.py).
 
 For each configuration (sampler, steps, CFG scale, rho_bottom) the script samples blocks of
 class-balanced images with common random numbers: block b always uses the same labels,
@@ -22,6 +23,7 @@ Backends:
     python3 benchmarks/quality.py --preset full              # the whole grid, 4 x 250 samples each (about 13 hours)
     python3 benchmarks/quality.py --preset smoke --out outputs/smoke
     python3 benchmarks/quality.py --model uvit --preset headline   # the U-ViT (store: .../quality_uvit)
+    python3 benchmarks/quality.py --model uvit --device cuda --chunk 250   # on a GPU: minutes
 
 Presets run in stages; a stage may sample only the best rho_bottom of an earlier stage
 (selected on seed block 0, then measured on fresh blocks so the choice does not flatter it).
@@ -41,7 +43,7 @@ import torch  # noqa: E402
 from _common import REPO_ROOT, machine_summary, set_threads  # noqa: E402
 
 DEFAULT_STORE = os.path.join(REPO_ROOT, "outputs", "benchmarks", "quality")
-MODELS = ("unet", "uvit")
+MODELS = ("unet", "wide_unet", "uvit")
 
 ALL_SAMPLERS = ("euler", "heun", "dpmpp_2m", "unipc", "ddim", "euler_a")
 ALL_STEPS = (4, 6, 8, 10, 15, 25)
@@ -108,6 +110,24 @@ PRESETS = {
             *grid_completion(["heun"], cfg=1.0),
         ],
     },
+    # The presets table's rows, each as one cell (plus the default 0.9 where it is typical use), plain vs
+    # tuned on 500 paired seeds, no screening: does a row found on one model hold on another?
+    # benchmarks/presets_report.py compares the models.
+    "presets": {
+        "block_size": BLOCK_SIZE,
+        "stages": [
+            dict(samplers=["dpmpp_2m"], steps=[4], cfgs=[1.0], rhos=[1.0, 0.7, 0.9], blocks=[1, 2]),
+            dict(samplers=["unipc"], steps=[4], cfgs=[1.0], rhos=[1.0, 0.7], blocks=[1, 2]),
+            dict(samplers=["dpmpp_2m"], steps=[6], cfgs=[1.0], rhos=[1.0, 0.8], blocks=[1, 2]),
+            dict(samplers=["euler"], steps=[4], cfgs=[1.0], rhos=[1.0, 0.9], blocks=[1, 2]),
+            dict(samplers=["euler_a"], steps=[4], cfgs=[1.0], rhos=[1.0, 0.6, 0.9], blocks=[1, 2]),
+            dict(samplers=["euler"], steps=[4], cfgs=[4.0], rhos=[1.0, 0.6], blocks=[1, 2]),
+            dict(samplers=["dpmpp_2m"], steps=[10], cfgs=[4.0], rhos=[1.0, 1.2, 0.9], blocks=[1, 2]),
+            dict(samplers=["euler"], steps=[10], cfgs=[4.0], rhos=[1.0, 1.2], blocks=[1, 2]),
+            dict(samplers=["ddim"], steps=[10], cfgs=[4.0], rhos=[1.0, 1.2], blocks=[1, 2]),
+            dict(samplers=["euler_a"], steps=[10], cfgs=[4.0], rhos=[1.0, 1.2, 0.9], blocks=[1, 2]),
+        ],
+    },
     "comfy": {
         "backend": "comfy",
         "block_size": BLOCK_SIZE,
@@ -163,30 +183,39 @@ def default_store(model: str) -> str:
 
 
 class Runner:
-    def __init__(self, backend: str, store: str, block_size: int, model: str = "unet"):
+    def __init__(self, backend: str, store: str, block_size: int, model: str = "unet", device: str = "cpu",
+                 chunk: int = SAMPLING_CHUNK):
+        from skip_tuning_demo.model import WIDE_UNET_DIR
+
         self.backend = backend
         self.store = store
         self.block_size = block_size
         self.model = model
+        self.chunk = chunk
+        self.weights_dir = WIDE_UNET_DIR if model == "wide_unet" else None
         os.makedirs(os.path.join(store, "samples"), exist_ok=True)
         self.check_weights()
         if backend == "comfy":
+            if device != "cpu":
+                raise SystemExit("the comfy backend samples on the CPU")
             from _comfy_demo import load_demo_in_comfy, load_uvit_in_comfy
 
-            load = load_uvit_in_comfy if model == "uvit" else load_demo_in_comfy
-            self.patcher, self.unet, self.table, self.config = load()
+            if model == "uvit":
+                self.patcher, self.unet, self.table, self.config = load_uvit_in_comfy()
+            else:
+                self.patcher, self.unet, self.table, self.config = load_demo_in_comfy(self.weights_dir)
         elif model == "uvit":
             from skip_tuning_demo.uvit import load_uvit_model
 
-            self.unet, self.table, self.config = load_uvit_model()
+            self.unet, self.table, self.config = load_uvit_model(device)
         else:
             from skip_tuning_demo.model import load_demo_model
 
-            self.unet, self.table, self.config = load_demo_model()
+            self.unet, self.table, self.config = load_demo_model(device, weights_dir=self.weights_dir)
         from skip_tuning_demo import metrics
 
         self.metrics = metrics
-        self.classifier = metrics.get_classifier()
+        self.classifier = metrics.get_classifier(device)
         self.seconds_per_unit = None  # seconds per (sample x network evaluation)
 
     def check_weights(self) -> None:
@@ -198,7 +227,8 @@ class Runner:
         from skip_tuning_demo.uvit import UVIT_WEIGHTS
 
         digests = {}
-        network = ("uvit", UVIT_WEIGHTS) if self.model == "uvit" else ("unet", UNET_WEIGHTS)
+        unet_weights = os.path.join(self.weights_dir or os.path.dirname(UNET_WEIGHTS), os.path.basename(UNET_WEIGHTS))
+        network = ("uvit", UVIT_WEIGHTS) if self.model == "uvit" else ("unet", unet_weights)
         for name, path in (network, ("classifier", CLASSIFIER_WEIGHTS)):
             with open(path, "rb") as f:
                 digests[name] = hashlib.sha256(f.read()).hexdigest()
@@ -226,7 +256,7 @@ class Runner:
             from _comfy_demo import comfy_sample_latents, skip_tuned
 
             latents = comfy_sample_latents(skip_tuned(self.patcher, rho), self.table, labels, sampler, steps, cfg,
-                                           noise, seed=step_seed, uvit=self.model == "uvit")
+                                           noise, seed=step_seed, kind="uvit" if self.model == "uvit" else "unet")
             return unpack_latents(latents).clamp(-1, 1), labels
         if self.model == "uvit":
             from skip_tuning_core import find_skip_layout, with_skip_replace_patches
@@ -235,12 +265,12 @@ class Runner:
             layout = find_skip_layout(self.unet)
             options = with_skip_replace_patches({}, layout.replace_keys, rho_schedule(layout.n_skips, rho))
             images = sample(UViTDenoiser(self.unet, options), self.table, labels, sampler, steps, cfg, noise=noise,
-                            step_seed=step_seed, batch_size=SAMPLING_CHUNK)
+                            step_seed=step_seed, batch_size=self.chunk)
             return images, labels
         rhos = rho_schedule(len(self.unet.output_blocks), rho)
         with SkipScalingHooks(self.unet, rhos):
             images = sample(self.unet, self.table, labels, sampler, steps, cfg, noise=noise, step_seed=step_seed,
-                            batch_size=SAMPLING_CHUNK)
+                            batch_size=self.chunk)
         return images, labels
 
     def run(self, sampler, steps, cfg, rho, block) -> dict:
@@ -253,8 +283,12 @@ class Runner:
         seconds = time.perf_counter() - t0
         features = self.metrics.compute_features(images, self.classifier).astype(np.float32)
         predictions = self.metrics.predict(images, self.classifier).numpy().astype(np.int8)
-        np.savez(self.path(key), features=features, predictions=predictions, labels=labels.numpy().astype(np.int8),
-                 seconds=seconds)
+        # Written whole or not at all: an interrupted run must not leave a truncated sample file.
+        tmp = self.path(key) + ".tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, features=features, predictions=predictions, labels=labels.numpy().astype(np.int8),
+                     seconds=seconds)
+        os.replace(tmp, self.path(key))
         units = self.block_size * nfe(sampler, steps) * (2 if cfg != 1.0 else 1)
         rate = seconds / units
         self.seconds_per_unit = rate if self.seconds_per_unit is None else 0.8 * self.seconds_per_unit + 0.2 * rate
@@ -305,8 +339,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="headline")
     parser.add_argument("--backend", choices=["diffusers", "comfy"], help="default: the preset's")
-    parser.add_argument("--model", choices=MODELS, default="unet", help="the bundled U-Net or the demo U-ViT")
-    parser.add_argument("--out", help="result store (resumable; default outputs/benchmarks/quality[_uvit])")
+    parser.add_argument("--model", choices=MODELS, default="unet",
+                        help="the bundled U-Net, the second (wide) U-Net or the demo U-ViT")
+    parser.add_argument("--device", default="cpu", help="torch device for the diffusers backend (cpu, cuda)")
+    parser.add_argument("--chunk", type=int, default=SAMPLING_CHUNK,
+                        help="images per network call; ancestral noise is drawn per chunk, so a store keeps one")
+    parser.add_argument("--out", help="result store (resumable; default outputs/benchmarks/quality[_<model>])")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stages", type=int, nargs="*", help="run only these stage indices")
     parser.add_argument("--dry-run", action="store_true", help="list the jobs and the estimated cost")
@@ -321,7 +359,7 @@ def main(argv=None) -> int:
     print(f"preset {args.preset}, model {args.model}, backend {backend}, store {args.out}; {machine_summary()}",
           flush=True)
 
-    runner = None if args.dry_run else Runner(backend, args.out, block_size, args.model)
+    runner = None if args.dry_run else Runner(backend, args.out, block_size, args.model, args.device, args.chunk)
     for stage_index in stages:
         jobs = plan(preset, args.out, backend, stage_index)
         units = sum(block_size * nfe(s, n) * (2 if c != 1.0 else 1) for s, n, c, _, _ in jobs)
@@ -337,7 +375,8 @@ def main(argv=None) -> int:
             print(f"  [{k + 1}/{len(jobs)}] {result['key']}: {result['seconds']:.1f} s, "
                   f"accuracy {result['accuracy']:.3f}; stage left ~{eta:.0f} min", flush=True)
     with open(os.path.join(args.out, "meta.json") if not args.dry_run else os.devnull, "w", encoding="utf-8") as f:
-        json.dump({"block_size": block_size, "model": args.model, "machine": machine_summary()}, f)
+        json.dump({"block_size": block_size, "model": args.model, "device": args.device, "chunk": args.chunk,
+                   "machine": machine_summary()}, f)
     return 0
 
 
