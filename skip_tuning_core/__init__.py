@@ -19,6 +19,13 @@ from .patch import (
     make_skip_replace_wrapper,
     with_skip_replace_patches,
 )
+from .residual import (
+    ResidualLayout,
+    block_factors,
+    find_residual_layout,
+    make_residual_replace_patch,
+    with_residual_replace_patches,
+)
 from .schedule import (
     DEFAULT_RHO_BOTTOM,
     DEFAULT_RHO_TOP,
@@ -40,15 +47,19 @@ __all__ = [
     "DIT_REPLACE_PATCH",
     "KNOWN_SKIP_COUNTS",
     "OUTPUT_BLOCK_PATCH",
+    "ResidualLayout",
     "RHO_MAX",
     "RHO_MIN",
     "SkipLayout",
     "SkipScalingHooks",
     "SkipTuningError",
+    "block_factors",
     "control_snapshot_wrapper",
     "count_long_skips",
+    "find_residual_layout",
     "find_skip_layout",
     "make_output_block_patch",
+    "make_residual_replace_patch",
     "make_skip_replace_patch",
     "make_skip_replace_wrapper",
     "parse_rho_list",
@@ -57,5 +68,6 @@ __all__ = [
     "skip_channel_plan",
     "validate_percent_window",
     "validate_rho",
+    "with_residual_replace_patches",
     "with_skip_replace_patches",
 ]

@@ -1,0 +1,99 @@
+"""Residual Tuning for DiTs (experimental): scale each block's identity path, ``x + F(x)`` -> ``rho * x + F(x)``.
+
+A DiT has no long skips; every block is residual. The factor reaches a block through ComfyUI's
+``patches_replace["dit"]`` replace patches, which receive the block's input ``args["img"]`` and
+``extra["original_block"]``: ``out = block(args); out["img"] -= (1 - rho) * args["img"]`` gives
+``rho * x + F(x)`` without copying block code.
+
+Every block normalises its input before ``F`` (LayerNorm, then modulation), and the output head
+normalises again, so a global scale of the stream cancels: what ``rho`` changes is how the blocks'
+contributions are weighted against each other. With factors ``rho_l`` the final stream is
+``x_L = (prod_l rho_l) x_0 + sum_l (prod_{k>l} rho_k) F_l(x_l)``: ``rho < 1`` discounts the input
+embedding and the early blocks geometrically against the late ones, ``rho > 1`` the reverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .schedule import SkipTuningError, validate_rho
+
+
+@dataclass(frozen=True)
+class ResidualLayout:
+    architecture: str
+    # patches_replace["dit"] keys of the residual blocks, input to output
+    block_keys: tuple
+
+
+def _flux_layout(network) -> ResidualLayout | None:
+    double = getattr(network, "double_blocks", None)
+    single = getattr(network, "single_blocks", None)
+    if double is None or single is None:
+        return None
+    keys = tuple(("double_block", i) for i in range(len(double))) + tuple(
+        ("single_block", i) for i in range(len(single))
+    )
+    return ResidualLayout("Flux", keys)
+
+
+# ComfyUI's DiT classes whose forward hands each block to patches_replace["dit"] with the residual
+# stream as args["img"] (the single-stream blocks carry the text tokens in that stream too).
+_DITS = {
+    "Flux": _flux_layout,  # comfy/ldm/flux/model.py
+}
+
+
+def find_residual_layout(network) -> ResidualLayout | None:
+    """The network's residual blocks as replace-patch keys, or None where Residual Tuning does not apply."""
+    layout_of = _DITS.get(type(network).__name__) if network is not None else None
+    return layout_of(network) if layout_of is not None else None
+
+
+def block_factors(n_blocks: int, rho_first: float, rho_last: float, start_fraction: float = 0.0) -> tuple:
+    """One factor per block: 1 before ``start_fraction`` of the depth, then linear from ``rho_first``
+    (the first tuned block) to ``rho_last`` (the last block)."""
+    if n_blocks < 1:
+        raise SkipTuningError("a DiT needs at least one block")
+    rho_first = validate_rho(rho_first, "rho_first")
+    rho_last = validate_rho(rho_last, "rho_last")
+    if not 0.0 <= start_fraction < 1.0:
+        raise SkipTuningError(f"start_fraction must be in [0, 1), got {start_fraction}")
+    first = int(round(start_fraction * n_blocks))
+    tuned = n_blocks - first
+    factors = [1.0] * first
+    for i in range(tuned):
+        position = i / (tuned - 1) if tuned > 1 else 0.0
+        factors.append(rho_first + (rho_last - rho_first) * position)
+    return tuple(factors)
+
+
+def make_residual_replace_patch(rho: float, previous=None):
+    """A ``patches_replace["dit"]`` block patch giving ``rho * x + F(x)``; ``previous`` held the slot before.
+
+    The identity share is taken before the block runs: Flux's single-stream blocks add to their
+    input in place, so ``args["img"]`` may hold the output afterwards.
+    """
+    removed = 1.0 - float(rho)
+
+    def residual_tuning_replace_patch(args, extra):
+        identity_share = args["img"] * removed  # out of place, by a Python float: the dtype stays
+        out = previous(args, extra) if previous is not None else extra["original_block"](args)
+        return {**out, "img": out["img"] - identity_share}
+
+    return residual_tuning_replace_patch
+
+
+def with_residual_replace_patches(transformer_options: dict, block_keys: Sequence, rhos: Sequence[float]) -> dict:
+    """A copy of ``transformer_options`` whose ``patches_replace["dit"]`` scales the identity path of
+    ``block_keys[i]`` by ``rhos[i]``, wrapping the patch that held each slot (factors of 1 add nothing)."""
+    if len(block_keys) != len(rhos):
+        raise ValueError(f"{len(rhos)} factors for {len(block_keys)} blocks")
+    patches_replace = dict(transformer_options.get("patches_replace", {}))
+    dit = dict(patches_replace.get("dit", {}))
+    for key, rho in zip(block_keys, rhos):
+        if float(rho) != 1.0:
+            dit[key] = make_residual_replace_patch(rho, dit.get(key))
+    patches_replace["dit"] = dit
+    return {**transformer_options, "patches_replace": patches_replace}
