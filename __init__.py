@@ -17,8 +17,8 @@ WEB_DIRECTORY = "./js"
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
 
 if __package__:
-    from . import skip_tuning_compare, skip_tuning_nodes
+    from . import skip_tuning_compare, skip_tuning_nodes, skip_tuning_residual
 
-    for _module in (skip_tuning_nodes, skip_tuning_compare):
+    for _module in (skip_tuning_nodes, skip_tuning_compare, skip_tuning_residual):
         NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
         NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

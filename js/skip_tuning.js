@@ -1,17 +1,66 @@
 // Skip Tuning: draws the rho profile (one bar per long skip, bottom -> top) on the
-// "Skip Tuning" and "Skip Tuning (Advanced)" nodes, redrawn from the widget values
-// on every frame, so it follows a slider while it moves.
+// "Skip Tuning" and "Skip Tuning (Advanced)" nodes, and one bar per block on "Residual Tuning
+// (experimental)", redrawn from the widget values on every frame, so it follows a slider while it moves.
 //
 // Canvas drawing only: no network calls, no HTML built from user text.
 import { app } from "../../scripts/app.js";
-import { DEFAULT_PREVIEW_SKIPS, PREVIEW_SKIP_COUNTS, RHO_MAX, describeProfile } from "./skip_tuning_profile.js";
+import {
+  DEFAULT_PREVIEW_BLOCKS,
+  DEFAULT_PREVIEW_SKIPS,
+  PREVIEW_BLOCK_COUNTS,
+  PREVIEW_SKIP_COUNTS,
+  RHO_MAX,
+  describeProfile,
+  describeResidualProfile,
+} from "./skip_tuning_profile.js";
 
-const PROFILE_NODES = new Set(["SkipTuning", "SkipTuningAdvanced"]);
+// What each node's profile previews: Skip Tuning one bar per long skip, Residual Tuning one per block.
+const SKIP_PROFILE = {
+  title: "rho per skip, bottom → top",
+  ends: ["bottom (deepest)", "top (highest res)"],
+  menu: "Skip profile preview",
+  property: "skip_profile_preview_skips",
+  counts: PREVIEW_SKIP_COUNTS,
+  defaultCount: DEFAULT_PREVIEW_SKIPS,
+  rhoInputs: ["rho_bottom", "rho_top"],
+  describe: (node, previewN, linked) =>
+    describeProfile({
+      rhoBottom: widgetValue(node, "rho_bottom"),
+      rhoTop: widgetValue(node, "rho_top"),
+      rhoPerSkip: widgetValue(node, "rho_per_skip") ?? "",
+      previewN,
+      linked,
+    }),
+};
+const RESIDUAL_PROFILE = {
+  title: "rho per block, first → last",
+  ends: ["first block", "last block"],
+  menu: "Block profile preview",
+  property: "residual_profile_preview_blocks",
+  counts: PREVIEW_BLOCK_COUNTS,
+  defaultCount: DEFAULT_PREVIEW_BLOCKS,
+  rhoInputs: ["rho_first", "rho_last", "start_depth"],
+  describe: (node, previewN, linked) =>
+    describeResidualProfile({
+      rhoFirst: widgetValue(node, "rho_first"),
+      rhoLast: widgetValue(node, "rho_last"),
+      startDepth: widgetValue(node, "start_depth"),
+      previewN,
+      linked,
+    }),
+};
+const PROFILE_NODES = new Map([
+  ["SkipTuning", SKIP_PROFILE],
+  ["SkipTuningAdvanced", SKIP_PROFILE],
+  ["ResidualTuning", RESIDUAL_PROFILE],
+]);
 const WIDGET_NAME = "skip_profile";
 const WIDGET_TYPE = "skip_tuning_profile";
-const PREVIEW_PROPERTY = "skip_profile_preview_skips";
 const MIN_NODE_WIDTH = 320;
-const RHO_INPUTS = ["rho_bottom", "rho_top"];
+
+function specOf(node) {
+  return PROFILE_NODES.get(node.comfyClass ?? node.type) ?? SKIP_PROFILE;
+}
 
 const COLORS = {
   weaker: "#5b9bd5", // rho < 1: the skip is damped
@@ -35,8 +84,9 @@ function linkedInputs(node, names) {
 }
 
 function previewSkips(node) {
-  const n = Number(node.properties?.[PREVIEW_PROPERTY]);
-  return PREVIEW_SKIP_COUNTS.some((option) => option.n === n) ? n : DEFAULT_PREVIEW_SKIPS;
+  const spec = specOf(node);
+  const n = Number(node.properties?.[spec.property]);
+  return spec.counts.some((option) => option.n === n) ? n : spec.defaultCount;
 }
 
 function isAdvanced(node) {
@@ -44,14 +94,8 @@ function isAdvanced(node) {
 }
 
 export function currentProfile(node) {
-  const linked = linkedInputs(node, RHO_INPUTS);
-  const profile = describeProfile({
-    rhoBottom: widgetValue(node, "rho_bottom"),
-    rhoTop: widgetValue(node, "rho_top"),
-    rhoPerSkip: widgetValue(node, "rho_per_skip") ?? "",
-    previewN: previewSkips(node),
-    linked,
-  });
+  const spec = specOf(node);
+  const profile = spec.describe(node, previewSkips(node), linkedInputs(node, spec.rhoInputs));
   if (isAdvanced(node)) {
     const start = Number(widgetValue(node, "start_percent"));
     const end = Number(widgetValue(node, "end_percent"));
@@ -102,7 +146,7 @@ function drawProfile(ctx, node, width, y) {
   ctx.font = "11px sans-serif";
   ctx.fillStyle = text;
   ctx.textAlign = "left";
-  ctx.fillText("rho per skip, bottom → top", x0 + 8, y + 15);
+  ctx.fillText(specOf(node).title, x0 + 8, y + 15);
   ctx.textAlign = "right";
   ctx.fillStyle = dim;
   const tag = profile.kind === "override" ? `${profile.rhos.length} values` : `N = ${previewSkips(node)}`;
@@ -167,9 +211,9 @@ function drawProfile(ctx, node, width, y) {
     ctx.font = "9px sans-serif";
     ctx.fillStyle = dim;
     ctx.textAlign = "left";
-    ctx.fillText("bottom (deepest)", chartLeft, baseline + 27);
+    ctx.fillText(specOf(node).ends[0], chartLeft, baseline + 27);
     ctx.textAlign = "right";
-    ctx.fillText("top (highest res)", chartRight, baseline + 27);
+    ctx.fillText(specOf(node).ends[1], chartRight, baseline + 27);
   } else {
     ctx.font = "11px sans-serif";
     ctx.textAlign = "center";
@@ -206,8 +250,9 @@ function redraw(node) {
 
 function addProfileWidget(node) {
   if (node.widgets?.some((w) => w.name === WIDGET_NAME)) return;
+  const spec = specOf(node);
   node.properties ??= {};
-  node.properties[PREVIEW_PROPERTY] ??= DEFAULT_PREVIEW_SKIPS;
+  node.properties[spec.property] ??= spec.defaultCount;
 
   const widget = {
     name: WIDGET_NAME,
@@ -257,15 +302,16 @@ app.registerExtension({
     nodeType.prototype.getExtraMenuOptions = function (canvas, options) {
       const result = getExtraMenuOptions?.apply(this, arguments);
       const node = this;
+      const spec = specOf(node);
       const current = previewSkips(node);
       options.push(null, {
-        content: "Skip profile preview",
+        content: spec.menu,
         has_submenu: true,
         submenu: {
-          options: PREVIEW_SKIP_COUNTS.map((option) => ({
+          options: spec.counts.map((option) => ({
             content: (option.n === current ? "● " : "") + option.label,
             callback: () => {
-              node.properties[PREVIEW_PROPERTY] = option.n;
+              node.properties[spec.property] = option.n;
               redraw(node);
             },
           })),

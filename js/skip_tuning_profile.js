@@ -79,3 +79,45 @@ export function describeProfile({ rhoBottom, rhoTop, rhoPerSkip = "", previewN =
     message: `preview for ${previewN} skips; the model's own count is used at run time`,
   };
 }
+
+// Residual Tuning (experimental): block counts of the DiTs it supports, for the preview.
+export const PREVIEW_BLOCK_COUNTS = [
+  { n: 57, label: "57 blocks (Flux.1: 19 double + 38 single)" },
+  { n: 24, label: "24 blocks (SD3 medium, SD3.5 medium)" },
+  { n: 38, label: "38 blocks (SD3.5 large)" },
+];
+export const DEFAULT_PREVIEW_BLOCKS = 57;
+
+// Mirrors block_factors in skip_tuning_core/residual.py: 1 before start_depth of the blocks,
+// then linear from rhoFirst (first tuned block) to rhoLast (last block).
+export function blockFactors(n, rhoFirst, rhoLast, startDepth) {
+  const first = Math.floor(startDepth * n + 1e-9);
+  const tuned = n - first;
+  const rhos = new Array(first).fill(1);
+  for (let i = 0; i < tuned; i++) {
+    const position = tuned > 1 ? i / (tuned - 1) : 0;
+    rhos.push(rhoFirst + (rhoLast - rhoFirst) * position);
+  }
+  return rhos;
+}
+
+// What the Residual Tuning node's profile shows. inputs: {rhoFirst, rhoLast, startDepth, previewN, linked}.
+export function describeResidualProfile({ rhoFirst, rhoLast, startDepth, previewN = DEFAULT_PREVIEW_BLOCKS,
+  linked = [] }) {
+  if (linked.length) {
+    return { kind: "linked", rhos: [], message: `${linked.join(", ")} set by a link: profile known at run time` };
+  }
+  const first = Number(rhoFirst);
+  const last = Number(rhoLast);
+  const depth = Number(startDepth);
+  if (!Number.isFinite(first) || !Number.isFinite(last) || !Number.isFinite(depth)) {
+    return { kind: "error", rhos: [], message: "rho_first, rho_last and start_depth must be numbers" };
+  }
+  const rhos = blockFactors(previewN, first, last, depth);
+  const kept = rhos.reduce((product, rho) => product * rho, 1);
+  return {
+    kind: "schedule",
+    rhos,
+    message: `preview for ${previewN} blocks; the input embedding keeps ${kept.toFixed(2)} of its weight`,
+  };
+}

@@ -20,10 +20,12 @@ from .patch import (
     with_skip_replace_patches,
 )
 from .residual import (
+    SUPPORTED_DITS,
     ResidualLayout,
     block_factors,
     find_residual_layout,
     make_residual_replace_patch,
+    make_residual_replace_wrapper,
     with_residual_replace_patches,
 )
 from .schedule import (
@@ -50,6 +52,7 @@ __all__ = [
     "ResidualLayout",
     "RHO_MAX",
     "RHO_MIN",
+    "SUPPORTED_DITS",
     "SkipLayout",
     "SkipScalingHooks",
     "SkipTuningError",
@@ -60,6 +63,7 @@ __all__ = [
     "find_skip_layout",
     "make_output_block_patch",
     "make_residual_replace_patch",
+    "make_residual_replace_wrapper",
     "make_skip_replace_patch",
     "make_skip_replace_wrapper",
     "parse_rho_list",

@@ -158,7 +158,7 @@ def make_skip_replace_wrapper(
 
     def skip_tuning_apply_model_wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options,
                                         *args, **kwargs):
-        if tuned and _in_window(window, t, transformer_options):
+        if tuned and in_sigma_window(window, t, transformer_options):
             residuals = control.get("output") if not scale_control and isinstance(control, dict) else None
             transformer_options = with_skip_replace_patches(transformer_options, keys, factors, residuals)
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
@@ -166,7 +166,7 @@ def make_skip_replace_wrapper(
     return skip_tuning_apply_model_wrapper
 
 
-def _in_window(window, t, transformer_options) -> bool:
+def in_sigma_window(window, t, transformer_options) -> bool:
     # Outside the diffusion model (which torch.compile may compile), so a Python comparison is fine here.
     if window is None:
         return True

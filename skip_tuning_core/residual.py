@@ -14,9 +14,11 @@ embedding and the early blocks geometrically against the late ones, ``rho > 1`` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .patch import in_sigma_window
 from .schedule import SkipTuningError, validate_rho
 
 
@@ -38,17 +40,32 @@ def _flux_layout(network) -> ResidualLayout | None:
     return ResidualLayout("Flux", keys)
 
 
-# ComfyUI's DiT classes whose forward hands each block to patches_replace["dit"] with the residual
-# stream as args["img"] (the single-stream blocks carry the text tokens in that stream too).
+def _mmdit_layout(network) -> ResidualLayout | None:
+    blocks = getattr(network, "joint_blocks", None)
+    if blocks is None:
+        return None
+    return ResidualLayout("SD3", tuple(("double_block", i) for i in range(len(blocks))))
+
+
+# ComfyUI's DiT classes (matched along the class hierarchy, so Flux Fill/Kontext and SD3.5's wrapper are
+# included) whose forward hands each block to patches_replace["dit"] with the image stream as args["img"]
+# (Flux's single-stream blocks carry the text tokens in that stream too).
 _DITS = {
-    "Flux": _flux_layout,  # comfy/ldm/flux/model.py
+    "Flux": _flux_layout,  # comfy/ldm/flux/model.py: Flux.1 dev/schnell, Fill, Kontext
+    "MMDiT": _mmdit_layout,  # comfy/ldm/modules/diffusionmodules/mmdit.py: SD3, SD3.5
 }
+SUPPORTED_DITS = "Flux.1 (dev, schnell, Fill, Kontext) and SD3/SD3.5"
 
 
 def find_residual_layout(network) -> ResidualLayout | None:
     """The network's residual blocks as replace-patch keys, or None where Residual Tuning does not apply."""
-    layout_of = _DITS.get(type(network).__name__) if network is not None else None
-    return layout_of(network) if layout_of is not None else None
+    if network is None:
+        return None
+    for cls in type(network).__mro__:
+        layout_of = _DITS.get(cls.__name__)
+        if layout_of is not None:
+            return layout_of(network)
+    return None
 
 
 def block_factors(n_blocks: int, rho_first: float, rho_last: float, start_fraction: float = 0.0) -> tuple:
@@ -60,7 +77,7 @@ def block_factors(n_blocks: int, rho_first: float, rho_last: float, start_fracti
     rho_last = validate_rho(rho_last, "rho_last")
     if not 0.0 <= start_fraction < 1.0:
         raise SkipTuningError(f"start_fraction must be in [0, 1), got {start_fraction}")
-    first = int(round(start_fraction * n_blocks))
+    first = math.floor(start_fraction * n_blocks + 1e-9)  # the front end's preview computes the same
     tuned = n_blocks - first
     factors = [1.0] * first
     for i in range(tuned):
@@ -97,3 +114,23 @@ def with_residual_replace_patches(transformer_options: dict, block_keys: Sequenc
             dit[key] = make_residual_replace_patch(rho, dit.get(key))
     patches_replace["dit"] = dit
     return {**transformer_options, "patches_replace": patches_replace}
+
+
+def make_residual_replace_wrapper(block_keys: Sequence, rhos: Sequence[float], sigma_range=None):
+    """ComfyUI ``APPLY_MODEL`` wrapper that adds the residual replace patches to one model call's
+    ``transformer_options`` copy, wrapping whatever holds each slot then (registered before or after),
+    so nothing is stored on the model; outside ``sigma_range`` the call runs untouched."""
+    if len(block_keys) != len(rhos):
+        raise ValueError(f"{len(rhos)} factors for {len(block_keys)} blocks")
+    keys = tuple(block_keys)
+    factors = tuple(float(rho) for rho in rhos)
+    tuned = any(rho != 1.0 for rho in factors)
+    window = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]))
+
+    def residual_tuning_apply_model_wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options,
+                                            *args, **kwargs):
+        if tuned and in_sigma_window(window, t, transformer_options):
+            transformer_options = with_residual_replace_patches(transformer_options, keys, factors)
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
+
+    return residual_tuning_apply_model_wrapper

@@ -215,7 +215,7 @@ def build_tiny_unet(kind: str = "sd1", dtype: torch.dtype = torch.float32, seed:
     return _patcher(model)
 
 
-def build_tiny_flux(seed: int = 0):
+def build_tiny_flux(seed: int = 0, depth: int = 1, depth_single_blocks: int = 1, dtype: torch.dtype = torch.float32):
     """A ModelPatcher around ComfyUI's Flux model (a DiT without long skips), tiny."""
     import comfy.supported_models
 
@@ -228,15 +228,37 @@ def build_tiny_flux(seed: int = 0):
         "hidden_size": 64,
         "mlp_ratio": 2.0,
         "num_heads": 2,
-        "depth": 1,
-        "depth_single_blocks": 1,
+        "depth": depth,
+        "depth_single_blocks": depth_single_blocks,
         "axes_dim": [8, 12, 12],
         "theta": 10000,
         "patch_size": 2,
         "qkv_bias": True,
         "guidance_embed": False,
+        "dtype": dtype,
     }
     config = comfy.supported_models.Flux(unet_config)
+    config.set_inference_dtype(dtype, None)
+    model = config.get_model({})
+    _seeded_init(model.diffusion_model, seed)
+    model.eval()
+    return _patcher(model)
+
+
+def build_tiny_sd3(seed: int = 0, depth: int = 3):
+    """A ModelPatcher around ComfyUI's SD3 model (MMDiT: joint blocks, no long skips), tiny (width 64 * depth)."""
+    import comfy.supported_models
+
+    unet_config = {
+        "in_channels": 16,
+        "patch_size": 2,
+        "depth": depth,
+        "adm_in_channels": POOLED_DIM,
+        "pos_embed_max_size": 16,
+        "context_embedder_config": {"target": "torch.nn.Linear",
+                                    "params": {"in_features": CONTEXT_DIM, "out_features": 64 * depth}},
+    }
+    config = comfy.supported_models.SD3(unet_config)
     model = config.get_model({})
     _seeded_init(model.diffusion_model, seed)
     model.eval()

@@ -84,19 +84,24 @@ WORKFLOWS = {
                 "cfg": 7.0, "steps_list": "4, 8, 16", "rho_bottom_list": "1.0, 0.9, 0.8", "rho_top": 1.0}),
             _node("save", "SaveImage", [1240, 40], {"filename_prefix": "skip_tuning/compare_grid"},
                   size=[420, 420], title="Grid: rows rho_bottom, columns steps"),
+            _node("diff", "PreviewImage", [1700, 40], size=[420, 420],
+                  title="Differences: |tuned - baseline|, amplified as labelled"),
             _node("prev", "PreviewImage", [1240, 500], size=[420, 260], title="Every image (batch)"),
             _node("note", "Note", [40, 560], {"text": (
                 "Skip Tuning Compare samples every (steps, rho_bottom) pair with the same seed and noise and lays "
                 "them out as a labelled grid: one row per rho_bottom, one column per step count.\n\n"
                 "rho_bottom 1.0 (with rho_top 1.0) is the model without Skip Tuning, so the first row is the "
-                "baseline. The node uses ComfyUI's own sampler and the Skip Tuning node's patch; the progress bar "
-                "covers the whole sweep and Cancel stops it within a step.\n\n"
-                "3 x 3 = 9 images: 84 sampling steps in all.")}, size=[780, 160]),
+                "baseline. The differences grid shows each tuned cell's amplified difference from the baseline "
+                "of its column (the factor is in its label): where the eye finds no change in the grid, it shows "
+                "what changed. The node uses ComfyUI's own sampler and the Skip Tuning node's patch; the progress "
+                "bar covers the whole sweep and Cancel stops it within a step.\n\n"
+                "3 x 3 = 9 images: 84 sampling steps in all.")}, size=[780, 180]),
         ],
         "links": _PROMPT_LINKS + [
             ["ckpt", "MODEL", "cmp", "model"], ["pos", "CONDITIONING", "cmp", "positive"],
             ["neg", "CONDITIONING", "cmp", "negative"], ["lat", "LATENT", "cmp", "latent"],
             ["ckpt", "VAE", "cmp", "vae"], ["cmp", "grid", "save", "images"], ["cmp", "images", "prev", "images"],
+            ["cmp", "differences", "diff", "images"],
         ],
     },
     "4_advanced_window_with_freeu": {

@@ -296,6 +296,31 @@ def test_profile_math_in_the_browser_equals_the_core(page):
             assert result == {"values": expected}, (text, result)
 
 
+def test_residual_block_factors_in_the_browser_equal_the_core(page):
+    from skip_tuning_core import block_factors
+
+    cases = [(n, first, last, depth) for n in (1, 12, 24, 38, 57) for first, last in ((0.96, 1.0), (1.0, 0.9),
+             (1.05, 1.05)) for depth in (0.0, 0.15, 0.5, 0.95)]
+    got = page.evaluate(f"""(async () => {{
+        const m = await import('/extensions/{PACK}/skip_tuning_profile.js');
+        return {json.dumps(cases)}.map(([n, f, l, d]) => m.blockFactors(n, f, l, d)); }})()""")
+    for (n, first, last, depth), rhos in zip(cases, got):
+        assert tuple(rhos) == block_factors(n, first, last, depth), (n, first, last, depth)  # bit for bit
+
+
+def test_the_residual_node_draws_one_bar_per_block(page, artifacts):
+    names, profile = page.evaluate("""(() => { app.graph.clear(); const n = LiteGraph.createNode('ResidualTuning');
+        n.pos = [100, 100]; app.graph.add(n);
+        __st.widget(n, 'rho_first').value = 0.9; __st.widget(n, 'start_depth').value = 0.5;
+        __st.view(0, 0); return [n.widgets.map((w) => w.name), __st.profile(n)]; })()""")
+    assert names[-1] == "skip_profile"
+    assert profile["kind"] == "schedule" and len(profile["bars"]) == 57
+    assert profile["rhos"][:28] == [1.0] * 28 and profile["rhos"][28] == 0.9
+    assert abs(profile["rhos"][-1] - 1.0) < 1e-12
+    assert "57 blocks" in profile["message"]
+    _screenshot(page, artifacts, "residual_profile")
+
+
 def test_slider_drag_redraws_the_profile_live(page, artifacts):
     page.evaluate("""(() => { app.graph.clear(); const n = LiteGraph.createNode('SkipTuning');
         n.pos = [120, 120]; app.graph.add(n); __st.view(0, 0); return true; })()""")
@@ -465,7 +490,7 @@ def test_a_saved_workflow_keeps_the_values(page, prepared_server):
 
 
 def test_node_help_pages_are_served_where_the_front_end_looks(prepared_server):
-    for node in ("SkipTuning", "SkipTuningAdvanced", "SkipTuningCompare"):
+    for node in ("SkipTuning", "SkipTuningAdvanced", "SkipTuningCompare", "ResidualTuning"):
         # The front end takes the folder name from python_module: /extensions/<folder>/docs/<node>.md
         assert prepared_server.get_json(f"/object_info/{node}")[node]["python_module"] == f"custom_nodes.{PACK}"
         status, body = prepared_server.request("GET", f"/extensions/{PACK}/docs/{node}.md")
