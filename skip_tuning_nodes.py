@@ -58,7 +58,8 @@ _MODEL_TOOLTIP = (
 _RHO_BOTTOM_TOOLTIP = (
     "Factor for the deepest skip connection. Lower than 1 weakens the skip and leans on the backbone; "
     "the paper uses values below 1 with ODE samplers at low step counts. Higher than 1 strengthens it, "
-    "which stochastic samplers and guided sampling past a few steps may prefer (README: presets). 1 = off."
+    "which guided sampling on some models prefers (README: presets). 1 = off, the default: the best value "
+    "depends on the model and the sampling, so compare with the same seed (Skip Tuning Compare)."
 )
 _RHO_TOP_TOOLTIP = (
     "Factor for the highest-resolution skip (the first one). Skips in between get factors "

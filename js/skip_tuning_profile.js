@@ -73,10 +73,14 @@ export function describeProfile({ rhoBottom, rhoTop, rhoPerSkip = "", previewN =
   if (!Number.isFinite(bottom) || !Number.isFinite(top)) {
     return { kind: "error", rhos: [], message: "rho_bottom and rho_top must be numbers" };
   }
+  const rhos = rhoSchedule(previewN, bottom, top);
+  const unchanged = rhos.every((rho) => rho === 1);
   return {
     kind: "schedule",
-    rhos: rhoSchedule(previewN, bottom, top),
-    message: `preview for ${previewN} skips; the model's own count is used at run time`,
+    rhos,
+    message: unchanged
+      ? `preview for ${previewN} skips: all 1, the model is unchanged; set rho_bottom (README: presets)`
+      : `preview for ${previewN} skips; the model's own count is used at run time`,
   };
 }
 

@@ -265,7 +265,7 @@ def test_nodes_are_added_from_the_search_box(page, artifacts):
                              " return [__st.widget(n, 'rho_bottom').value, __st.widget(n, 'rho_top').value,"
                              " __st.widget(n, 'rho_bottom').type, __st.widget(n, 'rho_bottom').options.step2"
                              " ?? __st.widget(n, 'rho_bottom').options.step]; })()")
-    assert defaults[:3] == [0.9, 1.0, "slider"]
+    assert defaults[:3] == [1.0, 1.0, "slider"]
     _screenshot(page, artifacts, "nodes_added")
 
 
@@ -323,7 +323,8 @@ def test_the_residual_node_draws_one_bar_per_block(page, artifacts):
 
 def test_slider_drag_redraws_the_profile_live(page, artifacts):
     page.evaluate("""(() => { app.graph.clear(); const n = LiteGraph.createNode('SkipTuning');
-        n.pos = [120, 120]; app.graph.add(n); __st.view(0, 0); return true; })()""")
+        n.pos = [120, 120]; app.graph.add(n); __st.widget(n, 'rho_bottom').value = 0.9;
+        __st.view(0, 0); return true; })()""")
     start = page.evaluate("__st.profile(__st.node('SkipTuning'))")
     assert start["kind"] == "schedule" and len(start["bars"]) == 12
     assert start["rhos"][0] == pytest.approx(0.9) and start["rhos"][-1] == 1.0

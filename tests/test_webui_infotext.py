@@ -25,13 +25,13 @@ def test_defaults_come_from_the_core_constants():
     params = WebuiParams()
     assert (params.enabled, params.rho_bottom, params.rho_top) == (False, DEFAULT_RHO_BOTTOM, DEFAULT_RHO_TOP)
     assert (params.start, params.end, params.hires_passes) == (0.0, 100.0, "Both passes")
-    assert (DEFAULT_RHO_BOTTOM, DEFAULT_RHO_TOP) == (0.9, 1.0)
+    assert (DEFAULT_RHO_BOTTOM, DEFAULT_RHO_TOP) == (1.0, 1.0)
 
 
 def test_encode_only_when_enabled_and_only_non_defaults():
     assert encode_infotext(make_params(False, 0.5)) == {}
     assert encode_infotext(make_params(True)) == {
-        "Skip Tuning": "True", "Skip Tuning rho_bottom": "0.9", "Skip Tuning rho_top": "1"}
+        "Skip Tuning": "True", "Skip Tuning rho_bottom": "1", "Skip Tuning rho_top": "1"}
     full = encode_infotext(make_params(True, 0.85, 0.95, 12.5, 80, "second"))
     assert full["Skip Tuning start"] == "12.5" and full["Skip Tuning end"] == "80"
     assert full["Skip Tuning passes"] == "Hires pass only"
