@@ -14,7 +14,7 @@ RHO_MAX = 2.0
 
 # Defaults every host shows (ComfyUI node, A1111/Forge script): one place to change them.
 # 1.0, off: no other value lost on none of the project's three models (README, Results: presets). Weaker
-# skips (0.6-0.9) helped every model at few unguided steps, but 0.9 cost 0.1-0.2 FD on both U-Nets and
+# skips (0.6-0.9) helped every model at few unguided steps, but 0.9 cost 0.1-0.6 FD on both U-Nets and
 # 1.2 FD on the U-ViT in guided 10-step cells, and 1.2 (the U-Nets' best with guidance) cost the U-ViT
 # 3-5 FD. The user picks the value for the sampling at hand (presets table, Skip Tuning Compare).
 DEFAULT_RHO_BOTTOM = 1.0

@@ -39,9 +39,9 @@ import torch  # noqa: E402
 DEFAULT_COMPARISONS = (
     ("euler_a", 1.0, 4, 0.6),
     ("dpmpp_2m", 1.0, 4, 0.7),
-    ("euler_a", 4.0, 10, 1.2),
+    ("euler_a", 4.0, 6, 1.2),
 )
-DEFAULT_SAMPLES = 300  # enough for the paired interval to exclude 0 for these effects, in under 2 minutes
+DEFAULT_SAMPLES = 250  # enough for the paired interval to exclude 0 for these effects, in under 2 minutes
 BOOTSTRAP_DRAWS = 300
 SHOWN_PER_CELL = 10  # one image per class in each grid cell
 CELL_COLUMNS = 5
