@@ -11,6 +11,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten  # noqa: E402
@@ -109,3 +110,12 @@ def fill_random_(module: torch.nn.Module, seed: int = 0) -> None:
                 param.zero_()
             else:
                 param.fill_(1.0)
+
+
+def save_samples(path: str, **arrays) -> None:
+    """One configuration's sample file (.npz), written whole or not at all: an interrupted run must not
+    leave a truncated file that a resumed run would take as done."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)

@@ -40,7 +40,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import REPO_ROOT, machine_summary, set_threads  # noqa: E402
+from _common import REPO_ROOT, machine_summary, save_samples, set_threads  # noqa: E402
 
 DEFAULT_STORE = os.path.join(REPO_ROOT, "outputs", "benchmarks", "quality")
 MODELS = ("unet", "wide_unet", "uvit")
@@ -292,12 +292,8 @@ class Runner:
         seconds = time.perf_counter() - t0
         features = self.metrics.compute_features(images, self.classifier).astype(np.float32)
         predictions = self.metrics.predict(images, self.classifier).numpy().astype(np.int8)
-        # Written whole or not at all: an interrupted run must not leave a truncated sample file.
-        tmp = self.path(key) + ".tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, features=features, predictions=predictions, labels=labels.numpy().astype(np.int8),
-                     seconds=seconds)
-        os.replace(tmp, self.path(key))
+        save_samples(self.path(key), features=features, predictions=predictions,
+                     labels=labels.numpy().astype(np.int8), seconds=seconds)
         units = self.block_size * nfe(sampler, steps) * (2 if cfg != 1.0 else 1)
         rate = seconds / units
         self.seconds_per_unit = rate if self.seconds_per_unit is None else 0.8 * self.seconds_per_unit + 0.2 * rate

@@ -26,7 +26,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import REPO_ROOT, machine_summary, set_threads  # noqa: E402
+from _common import REPO_ROOT, machine_summary, save_samples, set_threads  # noqa: E402
 
 DEFAULT_STORE = os.path.join(REPO_ROOT, "outputs", "benchmarks", "residual_dit")
 BLOCK_SIZE = 250
@@ -108,11 +108,8 @@ class Runner:
         seconds = time.perf_counter() - t0
         features = self.metrics.compute_features(images, self.classifier).astype(np.float32)
         predictions = self.metrics.predict(images, self.classifier).numpy().astype(np.int8)
-        tmp = self.path(name) + ".tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, features=features, predictions=predictions, labels=labels.numpy().astype(np.int8),
-                     seconds=seconds)
-        os.replace(tmp, self.path(name))
+        save_samples(self.path(name), features=features, predictions=predictions,
+                     labels=labels.numpy().astype(np.int8), seconds=seconds)
         return name, seconds, float((predictions == labels.numpy()).mean())
 
 

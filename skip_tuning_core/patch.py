@@ -153,14 +153,23 @@ def make_skip_replace_wrapper(
         raise ValueError(f"{len(rhos)} factors for {len(replace_keys)} skips")
     keys = tuple(replace_keys)
     factors = tuple(float(rho) for rho in rhos)
-    tuned = any(rho != 1.0 for rho in factors)
+
+    def tune(transformer_options, control):
+        residuals = control.get("output") if not scale_control and isinstance(control, dict) else None
+        return with_skip_replace_patches(transformer_options, keys, factors, residuals)
+
+    return apply_model_wrapper(tune, any(rho != 1.0 for rho in factors), sigma_range)
+
+
+def apply_model_wrapper(tune, tuned: bool, sigma_range=None):
+    """A ComfyUI ``APPLY_MODEL`` wrapper that runs one model call with ``tune(transformer_options, control)``,
+    a tuned copy of that call's options, when ``tuned`` and the call's noise level is inside ``sigma_range``."""
     window = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]))
 
     def skip_tuning_apply_model_wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options,
                                         *args, **kwargs):
         if tuned and in_sigma_window(window, t, transformer_options):
-            residuals = control.get("output") if not scale_control and isinstance(control, dict) else None
-            transformer_options = with_skip_replace_patches(transformer_options, keys, factors, residuals)
+            transformer_options = tune(transformer_options, control)
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
 
     return skip_tuning_apply_model_wrapper

@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .patch import in_sigma_window
+from .patch import apply_model_wrapper
 from .schedule import SkipTuningError, validate_rho
 
 
@@ -124,13 +124,5 @@ def make_residual_replace_wrapper(block_keys: Sequence, rhos: Sequence[float], s
         raise ValueError(f"{len(rhos)} factors for {len(block_keys)} blocks")
     keys = tuple(block_keys)
     factors = tuple(float(rho) for rho in rhos)
-    tuned = any(rho != 1.0 for rho in factors)
-    window = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]))
-
-    def residual_tuning_apply_model_wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options,
-                                            *args, **kwargs):
-        if tuned and in_sigma_window(window, t, transformer_options):
-            transformer_options = with_residual_replace_patches(transformer_options, keys, factors)
-        return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
-
-    return residual_tuning_apply_model_wrapper
+    return apply_model_wrapper(lambda options, control: with_residual_replace_patches(options, keys, factors),
+                               any(rho != 1.0 for rho in factors), sigma_range)
