@@ -7,10 +7,11 @@ quality.py (the same labels, initial noise and per-step noise for every variant)
 Stages:
   screen   every variant on seed block 0 (250 samples) in every cell (sampler x steps x CFG)
   confirm  plain and the screen's best variant per cell on fresh blocks 1 and 2 (500 samples)
+  steps    the two confirmed winners at 4 unguided steps (Euler, Euler a) again at 10 and 25 steps
 
-    python3 benchmarks/residual_dit.py                    # both stages, then the report (about 40 min on 2 cores)
+    python3 benchmarks/residual_dit.py                    # all stages, then the report (about 15 min on 2 cores)
     python3 benchmarks/residual_dit.py --stage screen --shard 0/2 &   # a stage split over two processes
-    python3 benchmarks/residual_dit.py --stage screen --shard 1/2     # (then --stage confirm the same way)
+    python3 benchmarks/residual_dit.py --stage screen --shard 1/2     # (then confirm and steps the same way)
     python3 benchmarks/residual_dit.py --report-only --docs docs/results
 """
 
@@ -59,6 +60,9 @@ def screened(cfg):
     return [v for v in VARIANTS if cfg == 1.0 or v not in STRONG]
 
 
+# Does the confirmed gain last with more steps? The winners at 4 unguided steps, applied at 10 and 25.
+STEP_CURVE = [("euler", "all 0.99"), ("euler_a", "0.96 -> 1.0")]
+CURVE_STEPS = (10, 25)
 SCREEN_BLOCKS = (0,)
 CONFIRM_BLOCKS = (1, 2)
 
@@ -141,6 +145,9 @@ def best_variant(store, ref, sampler, steps, cfg):
 def jobs(store, stage: str):
     if stage == "screen":
         return [(s, n, c, v, b) for s, n, c in CELLS for v in screened(c) for b in SCREEN_BLOCKS]
+    if stage == "steps":
+        return [(s, n, 1.0, v, b) for s, variant in STEP_CURVE for n in CURVE_STEPS for v in ("plain", variant)
+                for b in CONFIRM_BLOCKS]
     from _stats import Reference, reference
 
     ref = Reference(*reference())
@@ -201,6 +208,21 @@ def report(store: str, docs: str | None) -> str:
         lines.append(f"| {LABELS.get(s, s)} | {n} | {c:g} | {best} | {fd_p:.1f} | {fd_t:.1f} | "
                      f"{fd_t - fd_p:+.1f} ({lo:+.1f} to {hi:+.1f}) | {100 * acc_p:.1f}% -> {100 * acc_t:.1f}% | "
                      f"{verdict} |")
+    lines += ["", "### The winners at 4 unguided steps with more steps (blocks 1-2, paired)", "",
+              "| sampler | variant | steps | FD plain | FD tuned | delta FD (95% CI) | verdict |",
+              "|---|---|---:|---:|---:|---|---|"]
+    for s, variant in STEP_CURVE:
+        for n in (4, *CURVE_STEPS):
+            plain = load(store, s, n, 1.0, "plain", CONFIRM_BLOCKS)
+            tuned = load(store, s, n, 1.0, variant, CONFIRM_BLOCKS)
+            if plain is None or tuned is None:
+                continue
+            fd_p, fd_t, diffs = paired_bootstrap(ref, plain[0], tuned[0], n_boot=200)
+            lo, hi = paired_interval(diffs)
+            summary.setdefault("steps", []).append(dict(sampler=s, variant=variant, steps=n, fd_plain=fd_p,
+                                                        fd_tuned=fd_t, lo=lo, hi=hi))
+            lines.append(f"| {LABELS.get(s, s)} | {variant} | {n} | {fd_p:.1f} | {fd_t:.1f} | "
+                         f"{fd_t - fd_p:+.1f} ({lo:+.1f} to {hi:+.1f}) | {paired_verdict(lo, hi)} |")
     text = "\n".join(lines)
     if docs:
         os.makedirs(docs, exist_ok=True)
@@ -209,7 +231,50 @@ def report(store: str, docs: str | None) -> str:
             f.write(text + "\n")
         with open(os.path.join(docs, "residual_dit.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1, default=float)
+        plot(summary, os.path.join(docs, "residual_dit.png"))
     return text
+
+
+def plot(summary: dict, path: str):
+    """Left: each variant's screen FD minus plain's, per cell (the strong ramps, 12-70 FD worse, left out).
+    Right: plain and the 4-step winners' FD over the step count (fresh seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from quality_report import LABELS
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    shown = [v for v in VARIANTS if v != "plain" and v not in STRONG]
+    for s, n, c in CELLS:
+        fds = {r["variant"]: r["fd"] for r in summary["screen"] if (r["sampler"], r["steps"], r["cfg"]) == (s, n, c)}
+        if "plain" not in fds:
+            continue
+        left.plot(range(len(shown)), [fds.get(v, np.nan) - fds["plain"] for v in shown], marker="o",
+                  linestyle="-" if c == 1.0 else "--", label=f"{LABELS.get(s, s)}, {n} steps, CFG {c:g}")
+    left.axhline(0, color="black", linewidth=0.8)
+    left.set_xticks(range(len(shown)), shown, rotation=30, ha="right", fontsize=8)
+    left.set_ylabel("FD tuned - plain (screen, 250 samples)")
+    left.set_title("Screen: below 0 is better than plain", fontsize=10)
+    left.legend(fontsize=7)
+    left.grid(alpha=0.3)
+    for s, variant in STEP_CURVE:
+        rows = sorted((r for r in summary.get("steps", []) if r["sampler"] == s), key=lambda r: r["steps"])
+        if not rows:
+            continue
+        steps = [r["steps"] for r in rows]
+        line = right.plot(steps, [r["fd_plain"] for r in rows], marker="o", label=f"{LABELS.get(s, s)}, plain")[0]
+        right.plot(steps, [r["fd_tuned"] for r in rows], marker="s", linestyle="--", color=line.get_color(),
+                   label=f"{LABELS.get(s, s)}, {variant}")
+    right.set_xticks(list((4, *CURVE_STEPS)))
+    right.set_xlabel("steps (no guidance)")
+    right.set_ylabel("FD (500 fresh paired samples)")
+    right.set_title("The 4-step winners with more steps", fontsize=10)
+    right.legend(fontsize=7)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -217,7 +282,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=DEFAULT_STORE, help="result store (resumable)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th job from i (parallel processes)")
-    parser.add_argument("--stage", choices=["screen", "confirm"], help="run one stage only (default: both)")
+    parser.add_argument("--stage", choices=["screen", "confirm", "steps"], help="run one stage only (default: all)")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--docs", help="write residual_dit.md and .json here")
     args = parser.parse_args(argv)
@@ -226,7 +291,7 @@ def main(argv=None) -> int:
     if not args.report_only:
         print(f"residual tuning, demo DiT, store {args.out}; {machine_summary()}", flush=True)
         runner = Runner(args.out)
-        stages = (args.stage,) if args.stage else ("screen", "confirm")
+        stages = (args.stage,) if args.stage else ("screen", "confirm", "steps")
         for stage in stages:
             todo = jobs(args.out, stage)[shard::shards]
             print(f"{stage}: {len(todo)} jobs", flush=True)
@@ -236,7 +301,7 @@ def main(argv=None) -> int:
                 if result:
                     print(f"  [{k + 1}/{len(todo)}] {result[0]}: {result[1]:.1f} s, accuracy {result[2]:.3f}",
                           flush=True)
-        if shards > 1 or args.stage == "screen":
+        if shards > 1 or args.stage in ("screen", "confirm"):
             return 0
     print(report(args.out, args.docs))
     return 0
