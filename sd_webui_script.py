@@ -333,8 +333,8 @@ REFINER_UNTUNED = "the refiner's steps run without Skip Tuning"
 def _warn_refiner(p, refiner_tuned: bool) -> None:
     """Say what happens to a refiner's steps, as seen in the real webuis (tests/test_webui_real.py).
 
-    A1111 1.10 loads a same-architecture refiner into the hooked U-Net; Forge and reForge load an
-    unpatched one, and so, in effect, does A1111 1.9.
+    A1111 (1.9 and 1.10 alike) reuses the loaded model for a same-architecture refiner and loads its
+    weights into the hooked U-Net; Forge and reForge load an unpatched one.
     """
     if getattr(p, "refiner_checkpoint_info", None) is None:
         return
@@ -355,7 +355,7 @@ def attach_legacy_pass(p, params: WebuiParams, is_hr_pass: bool) -> None:
     remove_all_hooks()
     if not params.enabled or not params.applies_to_pass(is_hr_pass):
         return
-    _warn_refiner(p, refiner_tuned=False)
+    _warn_refiner(p, refiner_tuned=True)
     if _active_sd_unet() is not None:
         _warn(p, "an SD U-Net replacement (TensorRT or similar) is active and bypasses the output blocks; "
                  "nothing is changed")

@@ -341,7 +341,7 @@ def test_refiner_steps_as_the_warning_says(webui, checkout):
     logged = len(webui.log_text())
     off = webui.image(**refiner)
     whole = webui.image([True, 0.8, 1.0, 0, 100], **refiner)
-    base_only = webui.image([True, 0.8, 1.0, 0, 60], **refiner)  # steps 0-2: the base model's steps only
+    base_only = webui.image([True, 0.8, 1.0, 0, 60], **refiner)  # steps 0-2: every base step (refiner from 2 or 3)
     assert whole != off and base_only != off
     refiner_steps_tuned = whole != base_only
     print(f"{checkout['name']}: refiner steps tuned: {refiner_steps_tuned}")

@@ -318,14 +318,15 @@ def test_a1111_before_1_10_window_and_img2img(webui, sd1, monkeypatch):
     assert unets.hook_count(sd1) == 0
 
 
-def test_a1111_before_1_10_announces_an_untuned_refiner(webui, sd1, monkeypatch, caplog):
-    """A1111 1.9.4 ran a same-architecture refiner's steps untuned (tests/test_webui_real.py): the warning says so."""
+def test_a1111_before_1_10_announces_a_tuned_refiner(webui, sd1, monkeypatch, caplog):
+    """A1111 1.9.4 loads a same-architecture refiner into the hooked U-Net (tests/test_webui_real.py): its steps
+    are tuned, and the warning says so."""
     monkeypatch.delattr(webui.scripts.ScriptRunner, "process_before_every_sampling")
     p = webui.txt2img_p(sd1, True, 0.8, 1.0, steps=1)
     p.refiner_checkpoint_info = object()
     with caplog.at_level(logging.WARNING, logger="skip_tuning"):
         webui.processing.process_images(p)
-    assert [r for r in caplog.records if webui.impl.REFINER_UNTUNED in r.getMessage()]
+    assert [r for r in caplog.records if webui.impl.REFINER_TUNED in r.getMessage()]
 
 
 def test_img2img_batches_reuse_the_sampler(webui, sd1):
