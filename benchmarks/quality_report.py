@@ -554,10 +554,14 @@ def main(argv=None) -> int:
     parser.add_argument("--model", choices=MODELS, default="unet", help="names the default store and the outputs")
     parser.add_argument("--store", help="default: quality.py's store of --model")
     parser.add_argument("--backend", default="diffusers")
-    parser.add_argument("--docs", help="write <docs>/quality_[<model>_]<backend>.md, PNGs and a JSON summary here")
+    parser.add_argument("--docs", help="write <docs>/quality_[<model>_]<backend>[_<tag>].md, PNGs and a JSON "
+                                       "summary here")
+    parser.add_argument("--tag", help="appended to the output names: a report of a second store beside the first")
     args = parser.parse_args(argv)
     args.store = args.store or default_store(args.model)
     name = args.backend if args.model == "unet" else f"{args.model}_{args.backend}"
+    if args.tag:
+        name += f"_{args.tag}"
 
     store = Store(args.store)
     report = Report(store, args.backend)
