@@ -52,8 +52,9 @@ VARIANTS = {
     "1.0 -> 1.1": (1.0, 1.1, 0.0),
 }
 STRONG = ("0.9 -> 1.0", "1.0 -> 0.9", "1.1 -> 1.0", "1.0 -> 1.1")
-# (sampler, steps, CFG): unguided few steps, and guided at a few more
-CELLS = [(sampler, steps, cfg) for steps, cfg in ((4, 1.0), (8, 4.0)) for sampler in ("euler", "dpmpp_2m", "euler_a")]
+# (sampler, steps, CFG): few steps unguided and guided, and guided at a few more
+CELLS = [(sampler, steps, cfg) for steps, cfg in ((4, 1.0), (4, 4.0), (8, 4.0))
+         for sampler in ("euler", "dpmpp_2m", "euler_a")]
 
 
 def screened(cfg):
