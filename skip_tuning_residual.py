@@ -17,8 +17,8 @@ from .skip_tuning_core import (
     make_residual_replace_wrapper,
     validate_percent_window,
     validate_rho,
+    validate_start_fraction,
 )
-from .skip_tuning_core.schedule import SkipTuningError
 from .skip_tuning_nodes import describe_model, diffusion_model_of, model_wrapper_type, sigma_window
 
 logger = logging.getLogger("skip_tuning")
@@ -33,12 +33,7 @@ def apply_residual_tuning(model, rho_first, rho_last, start_depth=0.0, start_per
     Residual Tuning does not apply. Every value is checked first, so bad API input fails before sampling."""
     rho_first = validate_rho(rho_first, "rho_first")
     rho_last = validate_rho(rho_last, "rho_last")
-    try:
-        start_depth = float(start_depth)
-    except (TypeError, ValueError):
-        raise SkipTuningError(f"start_depth must be a number in [0, 1), got {start_depth!r}") from None
-    if not 0.0 <= start_depth < 1.0:
-        raise SkipTuningError(f"start_depth must be in [0, 1), got {start_depth}")
+    start_depth = validate_start_fraction(start_depth, "start_depth")
     start_percent, end_percent = validate_percent_window(start_percent, end_percent)
 
     layout = find_residual_layout(diffusion_model_of(model))

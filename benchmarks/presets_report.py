@@ -18,24 +18,12 @@ import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import numpy as np  # noqa: E402
 from _common import REPO_ROOT  # noqa: E402
 from _stats import Reference, paired_bootstrap, paired_interval, paired_verdict, reference  # noqa: E402
-from quality import PRESETS, config_key  # noqa: E402
-from quality_report import LABELS  # noqa: E402
+from quality import PRESETS  # noqa: E402
+from quality_report import LABELS, Store  # noqa: E402
 
 MODEL_NAMES = {"unet": "U-Net (bundled)", "wide_unet": "wide U-Net", "uvit": "U-ViT"}
-
-
-def load(store, sampler, steps, cfg, rho, blocks, n):
-    parts = []
-    for block in blocks:
-        path = os.path.join(store, "samples", config_key("diffusers", sampler, steps, cfg, rho, block, n) + ".npz")
-        if not os.path.exists(path):
-            return None
-        with np.load(path) as data:
-            parts.append(data["features"])
-    return np.concatenate(parts)
 
 
 def cells():
@@ -56,7 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--docs", help="write presets.md and presets.json here")
     args = parser.parse_args(argv)
     stores = dict(pair.split("=", 1) for pair in args.stores)
-    stores = {m: p if os.path.isabs(p) else os.path.join(REPO_ROOT, p) for m, p in stores.items()}
+    stores = {m: Store(p if os.path.isabs(p) else os.path.join(REPO_ROOT, p)) for m, p in stores.items()}
     n = PRESETS["presets"]["block_size"]
     ref = Reference(*reference())
     models = list(stores)
@@ -67,14 +55,14 @@ def main(argv=None) -> int:
     for row, sampler, steps, cfg, rho, blocks in cells():
         results = {}
         for model, store in stores.items():
-            plain = load(store, sampler, steps, cfg, 1.0, blocks, n)
-            tuned = load(store, sampler, steps, cfg, rho, blocks, n)
+            plain = store.get("diffusers", sampler, steps, cfg, 1.0, blocks)
+            tuned = store.get("diffusers", sampler, steps, cfg, rho, blocks)
             if plain is None or tuned is None:
                 continue
-            fd_p, fd_t, diffs = paired_bootstrap(ref, plain, tuned, n_boot=200)
+            fd_p, fd_t, diffs = paired_bootstrap(ref, plain[0], tuned[0], n_boot=200)
             lo, hi = paired_interval(diffs)
             results[model] = dict(fd_plain=fd_p, fd_tuned=fd_t, lo=lo, hi=hi, verdict=paired_verdict(lo, hi),
-                                  n=len(plain))
+                                  n=len(plain[0]))
         texts = []
         for model in models:
             r = results.get(model)

@@ -26,6 +26,7 @@ from .residual import (
     find_residual_layout,
     make_residual_replace_patch,
     make_residual_replace_wrapper,
+    validate_start_fraction,
     with_residual_replace_patches,
 )
 from .schedule import (
@@ -72,6 +73,7 @@ __all__ = [
     "skip_channel_plan",
     "validate_percent_window",
     "validate_rho",
+    "validate_start_fraction",
     "with_residual_replace_patches",
     "with_skip_replace_patches",
 ]

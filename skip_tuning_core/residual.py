@@ -68,6 +68,17 @@ def find_residual_layout(network) -> ResidualLayout | None:
     return None
 
 
+def validate_start_fraction(value, name: str = "start_fraction") -> float:
+    """The fraction of the depth, from the input side, left untouched: a number in [0, 1)."""
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        raise SkipTuningError(f"{name} must be a number in [0, 1), got {value!r}") from None
+    if not 0.0 <= fraction < 1.0:
+        raise SkipTuningError(f"{name} must be in [0, 1), got {value!r}")
+    return fraction
+
+
 def block_factors(n_blocks: int, rho_first: float, rho_last: float, start_fraction: float = 0.0) -> tuple:
     """One factor per block: 1 before ``start_fraction`` of the depth, then linear from ``rho_first``
     (the first tuned block) to ``rho_last`` (the last block)."""
@@ -75,8 +86,7 @@ def block_factors(n_blocks: int, rho_first: float, rho_last: float, start_fracti
         raise SkipTuningError("a DiT needs at least one block")
     rho_first = validate_rho(rho_first, "rho_first")
     rho_last = validate_rho(rho_last, "rho_last")
-    if not 0.0 <= start_fraction < 1.0:
-        raise SkipTuningError(f"start_fraction must be in [0, 1), got {start_fraction}")
+    start_fraction = validate_start_fraction(start_fraction)
     first = math.floor(start_fraction * n_blocks + 1e-9)  # the front end's preview computes the same
     tuned = n_blocks - first
     factors = [1.0] * first
