@@ -28,6 +28,8 @@ COMFY_SAMPLERS = {
     "unipc": "uni_pc",
     "ddim": "ddim",
     "lms": "lms",
+    "lcm": "lcm",
+    "dpmpp_sde": "dpmpp_sde",
 }
 
 
@@ -154,6 +156,17 @@ def load_dit_in_comfy():
         offload_device=comfy.model_management.unet_offload_device(),
     )
     return patcher, net, table, config
+
+
+def lcm_sampling(patcher):
+    """The patcher as ComfyUI's ModelSamplingDiscrete node returns it with sampling "lcm" (how LCM models and
+    LoRAs are run), called through the node class itself: V1 ``patch`` or V3 ``execute``, whichever it has."""
+    from comfy_extras import nodes_model_advanced
+
+    node = nodes_model_advanced.ModelSamplingDiscrete
+    execute = getattr(node, "execute", None)
+    result = execute(patcher, "lcm", False) if execute is not None else node().patch(patcher, "lcm", False)
+    return result[0]
 
 
 def residual_tuned(patcher, factors):

@@ -2,7 +2,9 @@
 
 ``--model unet`` (default) is the bundled U-Net; ``--model wide_unet`` a second U-Net of the same
 kind (width 96, another seed); ``--model uvit`` the demo U-ViT (ComfyUI's HunyuanDiT class scaled
-down, same latents, schedule and loss; skip_tuning_demo/uvit.py).
+down, same latents, schedule and loss; skip_tuning_demo/uvit.py); ``--model lcm_unet`` the bundled U-Net's
+latent-consistency student (skip_tuning_demo/distill.py), sampled through ComfyUI as an LCM model
+(ModelSamplingDiscrete "lcm"), comfy backend only.
 
 For each configuration (sampler, steps, CFG scale, rho_bottom) the script samples blocks of
 class-balanced images with common random numbers: block b always uses the same labels,
@@ -26,6 +28,9 @@ Backends:
     python3 benchmarks/quality.py --model uvit --device cuda --chunk 250   # on a GPU: minutes
     python3 benchmarks/quality.py --model uvit --preset unguided_steps     # 4, 15, 25 unguided steps (under 1 hour)
     python3 benchmarks/quality_report.py --model uvit --tag unguided_steps --docs docs/results
+    python3 benchmarks/quality.py --model lcm_unet --preset distilled       # the LCM student through KSampler
+    python3 benchmarks/quality.py --model unet --preset distilled_base      # the base at the same evaluations
+    python3 benchmarks/distilled_report.py --docs docs/results              # side by side (docs/results/distilled.md)
 
 Presets run in stages; a stage may sample only the best rho_bottom of an earlier stage
 (selected on seed block 0, then measured on fresh blocks so the choice does not flatter it).
@@ -45,7 +50,7 @@ import torch  # noqa: E402
 from _common import REPO_ROOT, machine_summary, save_samples, set_threads  # noqa: E402
 
 DEFAULT_STORE = os.path.join(REPO_ROOT, "outputs", "benchmarks", "quality")
-MODELS = ("unet", "wide_unet", "uvit")
+MODELS = ("unet", "wide_unet", "uvit", "lcm_unet")
 
 ALL_SAMPLERS = ("euler", "heun", "dpmpp_2m", "unipc", "ddim", "euler_a")
 ALL_STEPS = (4, 6, 8, 10, 15, 25)
@@ -56,6 +61,7 @@ SAMPLING_CHUNK = 125  # images per network call (x2 with CFG): the fastest size 
 REFERENCE_STEPS = 50
 
 GRID_SAMPLERS_BUT_HEUN = [s for s in ALL_SAMPLERS if s != "heun"]
+DISTILLED_RHOS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
 
 
 def grid_completion(samplers, cfg):
@@ -150,6 +156,33 @@ PRESETS = {
                  blocks=[1, 2]),
         ],
     },
+    # A few-step distilled model (--model lcm_unet): the LCM sampler at 1-8 steps, CFG 1 and the low guidance
+    # LCM users add (1.5), and the other samplers people use with such models at 4 steps; each rho screen on
+    # block 0, the best confirmed on 500 fresh paired samples (blocks 1, 2).
+    "distilled": {
+        "backend": "comfy",
+        "block_size": BLOCK_SIZE,
+        "stages": [
+            dict(samplers=["lcm"], steps=[1, 2, 4, 8], cfgs=[1.0, 1.5], rhos=list(DISTILLED_RHOS), blocks=[0]),
+            dict(samplers=["euler", "euler_a", "dpmpp_sde"], steps=[4], cfgs=[1.0], rhos=list(DISTILLED_RHOS),
+                 blocks=[0]),
+            dict(samplers=["lcm"], steps=[1, 2, 4, 8], cfgs=[1.0, 1.5], rhos="best", blocks=[1, 2]),
+            dict(samplers=["euler", "euler_a", "dpmpp_sde"], steps=[4], cfgs=[1.0], rhos="best", blocks=[1, 2]),
+        ],
+    },
+    # The base U-Net at the student's evaluation counts (2, 4, 8), CFG 4 (its best FD at any step count),
+    # through KSampler on the same seeds: each sampler's rho screen and paired confirmation, then the plain
+    # DPM++ 2M curve to 25 steps for the equal-quality column.
+    "distilled_base": {
+        "backend": "comfy",
+        "block_size": BLOCK_SIZE,
+        "stages": [
+            dict(samplers=["euler", "dpmpp_2m", "euler_a"], steps=[2, 4, 8], cfgs=[4.0], rhos=[0.6, 0.8, 1.0, 1.2],
+                 blocks=[0]),
+            dict(samplers=["euler", "dpmpp_2m", "euler_a"], steps=[2, 4, 8], cfgs=[4.0], rhos="best", blocks=[1, 2]),
+            dict(samplers=["dpmpp_2m"], steps=[15, 25], cfgs=[4.0], rhos=[1.0], blocks=[1, 2]),
+        ],
+    },
     "comfy": {
         "backend": "comfy",
         "block_size": BLOCK_SIZE,
@@ -197,7 +230,8 @@ def block_seeds(block: int, block_size: int):
 
 
 def nfe(sampler: str, steps: int) -> int:
-    return 2 * steps - 1 if sampler == "heun" else steps
+    """Network evaluations per sample (one batched cond + uncond call counts once)."""
+    return 2 * steps - 1 if sampler in ("heun", "dpmpp_sde") else steps
 
 
 def default_store(model: str) -> str:
@@ -207,25 +241,29 @@ def default_store(model: str) -> str:
 class Runner:
     def __init__(self, backend: str, store: str, block_size: int, model: str = "unet", device: str = "cpu",
                  chunk: int = SAMPLING_CHUNK):
-        from skip_tuning_demo.model import WIDE_UNET_DIR
+        from skip_tuning_demo.model import LCM_UNET_DIR, WIDE_UNET_DIR
 
         self.backend = backend
         self.store = store
         self.block_size = block_size
         self.model = model
         self.chunk = chunk
-        self.weights_dir = WIDE_UNET_DIR if model == "wide_unet" else None
+        self.weights_dir = {"wide_unet": WIDE_UNET_DIR, "lcm_unet": LCM_UNET_DIR}.get(model)
+        if model == "lcm_unet" and backend != "comfy":
+            raise SystemExit("the LCM student is sampled as ComfyUI samples it: --backend comfy")
         os.makedirs(os.path.join(store, "samples"), exist_ok=True)
         self.check_weights()
         if backend == "comfy":
             if device != "cpu":
                 raise SystemExit("the comfy backend samples on the CPU")
-            from _comfy_demo import load_demo_in_comfy, load_uvit_in_comfy
+            from _comfy_demo import lcm_sampling, load_demo_in_comfy, load_uvit_in_comfy
 
             if model == "uvit":
                 self.patcher, self.unet, self.table, self.config = load_uvit_in_comfy()
             else:
                 self.patcher, self.unet, self.table, self.config = load_demo_in_comfy(self.weights_dir)
+            if model == "lcm_unet":
+                self.patcher = lcm_sampling(self.patcher)
         elif model == "uvit":
             from skip_tuning_demo.uvit import load_uvit_model
 

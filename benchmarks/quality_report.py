@@ -31,13 +31,13 @@ from quality import MODELS, REFERENCE_STEPS, default_store  # noqa: E402
 
 LABELS = {
     "euler": "Euler", "heun": "Heun", "dpmpp_2m": "DPM++ 2M", "unipc": "UniPC", "ddim": "DDIM",
-    "euler_a": "Euler a", "dpmpp_2m_sde": "DPM++ 2M SDE", "lms": "LMS",
+    "euler_a": "Euler a", "dpmpp_2m_sde": "DPM++ 2M SDE", "lms": "LMS", "lcm": "LCM", "dpmpp_sde": "DPM++ SDE",
 }
 SAMPLER_ORDER = {sampler: i for i, sampler in enumerate(LABELS)}  # rows, panels and plot colours
 FAMILY = {
     "euler": "single-step ODE", "heun": "single-step ODE (2nd order)", "ddim": "single-step ODE",
     "dpmpp_2m": "multistep ODE", "unipc": "multistep ODE", "euler_a": "stochastic (ancestral)",
-    "dpmpp_2m_sde": "stochastic (SDE)",
+    "dpmpp_2m_sde": "stochastic (SDE)", "lcm": "consistency (LCM)", "dpmpp_sde": "stochastic (SDE)",
 }
 KEY = re.compile(r"^(?P<backend>[a-z]+)_(?P<sampler>[a-z0-9_]+)_s(?P<steps>\d+)_cfg(?P<cfg>[\d.]+)"
                  r"_rho(?P<rho>[\d.]+)_b(?P<block>\d+)_n(?P<n>\d+)$")

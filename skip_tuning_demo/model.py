@@ -41,6 +41,8 @@ CONFIG_PATH = os.path.join(WEIGHTS_DIR, "fashion_unet.json")
 #: A second U-Net of the same kind (width 96, seed 1, the same recipe), to check that findings
 #: hold beyond one model; the same file names in its own folder.
 WIDE_UNET_DIR = os.path.join(WEIGHTS_DIR, "wide_unet")
+#: A few-step student of the bundled U-Net by latent consistency distillation (an LCM model).
+LCM_UNET_DIR = os.path.join(WEIGHTS_DIR, "lcm_unet")
 
 #: Key of the class context table inside ``fashion_class_context.safetensors``.
 CONTEXT_KEY = "class_context_table"

@@ -24,6 +24,13 @@ commands (``--device cuda`` where a GPU was at hand: the U-ViT, the DiT and the 
 
     python3 -m skip_tuning_demo.train_model --arch dit --batch-size 64 --steps 4500 --ema-decay 0.999 --resume
 
+* ``--distill lcm``: a few-step student of the bundled U-Net by latent consistency distillation
+  (:mod:`skip_tuning_demo.distill`; CFG 4 folded in), sampled in ComfyUI as an LCM model
+  (``skip_tuning_demo/weights/lcm_unet``)::
+
+    python3 -m skip_tuning_demo.train_model --distill lcm --bf16 --batch-size 64 --lr 5e-5 --warmup 100
+        --steps 4000 --max-minutes 90 --ema-decay 0.999 --resume
+
 Loss: eps MSE whose x0-space weight is clamped to [1, 5] (``--snr-floor``,
 ``--min-snr-gamma``): Min-SNR at low noise, and at high noise enough weight
 that the eps prediction is accurate where sampling from pure noise starts.
@@ -63,11 +70,13 @@ import torch.nn as nn  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from skip_tuning_demo import distill as demo_distill  # type: ignore
     from skip_tuning_demo import dit as demo_dit  # type: ignore
     from skip_tuning_demo import model as demo_model  # type: ignore
     from skip_tuning_demo import uvit as demo_uvit  # type: ignore
     from skip_tuning_demo.data import DEFAULT_DATA_DIR, load_fashion_mnist, to_model_images  # type: ignore
 else:
+    from . import distill as demo_distill
     from . import dit as demo_dit
     from . import model as demo_model
     from . import uvit as demo_uvit
@@ -193,11 +202,30 @@ def export_weights(ema: DemoModel, out_dir: str, info: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
+def load_teacher_into(model: DemoModel, teacher_dir: str) -> dict:
+    """Start a student from the teacher's U-Net and class table (the table stays frozen)."""
+    unet, table, config = demo_model.load_demo_model(weights_dir=teacher_dir)
+    model.unet.load_state_dict(unet.state_dict())
+    with torch.no_grad():
+        model.context_table.copy_(table)
+    model.context_table.requires_grad_(False)
+    return config
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=tuple(_OUTPUTS), default="unet", help="network to train (see above)")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    p.add_argument("--out-dir", default=demo_model.WEIGHTS_DIR)
+    p.add_argument("--out-dir", default=None,
+                   help="default: skip_tuning_demo/weights (with --distill lcm: skip_tuning_demo/weights/lcm_unet)")
+    p.add_argument("--distill", choices=("lcm",), default=None,
+                   help="train a latent consistency student of --teacher-dir instead of a model from scratch")
+    p.add_argument("--teacher-dir", default=demo_model.WEIGHTS_DIR, help="--distill: the teacher U-Net's folder")
+    p.add_argument("--guidance", type=float, default=4.0,
+                   help="--distill: the teacher's CFG scale folded into the student (ComfyUI's convention)")
+    p.add_argument("--huber-c", type=float, default=0.001, help="--distill: pseudo-Huber constant of the loss")
+    p.add_argument("--target-ema-decay", type=float, default=0.95,
+                   help="--distill: EMA of the student that gives the consistency target (LCM's 0.95)")
     p.add_argument("--model-channels", type=int, default=None,
                    help="unet: base width (a multiple of 32, GroupNorm's group count; default: the bundled 64)")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
@@ -242,8 +270,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.distill and args.arch != "unet":
+        raise SystemExit("--distill is for --arch unet")
+    run_name = args.arch + (f"_{args.distill}" if args.distill else "")
+    if args.out_dir is None:
+        args.out_dir = demo_model.LCM_UNET_DIR if args.distill else demo_model.WEIGHTS_DIR
     if args.state_path is None:
-        args.state_path = os.path.join(tempfile.gettempdir(), f"skip_tuning_demo_train_state_{args.arch}.pt")
+        args.state_path = os.path.join(tempfile.gettempdir(), f"skip_tuning_demo_train_state_{run_name}.pt")
     torch.set_num_threads(args.threads)
     try:
         torch.set_num_interop_threads(1)
@@ -266,17 +299,29 @@ def main(argv=None) -> int:
         if args.arch != "unet" or args.model_channels % 32:
             raise SystemExit("--model-channels is for --arch unet and must be a multiple of 32")
         unet_kwargs = dict(cfg["unet_kwargs"], model_channels=args.model_channels)
-    model = DemoModel(args.arch, args.seed, unet_kwargs).to(device)
+    teacher = target = None
+    if args.distill:
+        teacher_config_path = os.path.join(args.teacher_dir, os.path.basename(demo_model.CONFIG_PATH))
+        teacher_config = demo_model.load_config(teacher_config_path)
+        unet_kwargs = teacher_config["unet_kwargs"]
+    model = DemoModel(args.arch, args.seed, unet_kwargs)
+    if args.distill:
+        load_teacher_into(model, args.teacher_dir)
+    model.to(device)
     ema = copy.deepcopy(model).eval()
     for p_ in ema.parameters():
         p_.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999))
+    if args.distill:
+        teacher, target = copy.deepcopy(ema), copy.deepcopy(ema)
+    trainable = [p_ for p_ in model.parameters() if p_.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999))
     alphas_cumprod = scaled_linear_alphas_cumprod(cfg["schedule"]).to(device)
     sqrt_ac = alphas_cumprod.sqrt()
     sqrt_1mac = (1 - alphas_cumprod).sqrt()
     gen = torch.Generator().manual_seed(args.seed)
     snr_weights = eps_loss_weights(alphas_cumprod, args.min_snr_gamma, args.snr_floor)
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
+    target_params = list(target.parameters()) if target is not None else []
 
     step = 0
     elapsed_before = 0.0
@@ -284,6 +329,8 @@ def main(argv=None) -> int:
         st = torch.load(args.state_path, map_location=device, weights_only=False)
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
+        if target is not None:
+            target.load_state_dict(st["target"])
         opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"].cpu())
         step = st["step"]
@@ -310,6 +357,16 @@ def main(argv=None) -> int:
     last_log = time.time()
     last_log_step = step
 
+    if args.distill:
+        teacher_name = f"'{teacher_config['name']}' (seed {teacher_config['training']['seed']})"
+        objective = (f"latent consistency distillation of {teacher_name}, "
+                     f"CFG {args.guidance:g} folded in, pseudo-Huber c={args.huber_c:g}, target EMA "
+                     f"{args.target_ema_decay:g}; sample as LCM (ModelSamplingDiscrete lcm, sampler lcm)")
+    elif args.arch == "dit":
+        objective = "rectified flow, logit-normal t"
+    else:
+        objective = "eps, SNR-clamped weights"
+
     def info(final: bool):
         return {
             "steps": step,
@@ -317,7 +374,7 @@ def main(argv=None) -> int:
             "lr": args.lr,
             "ema_decay": args.ema_decay,
             "label_dropout": args.label_dropout,
-            "objective": "rectified flow, logit-normal t" if args.arch == "dit" else "eps, SNR-clamped weights",
+            "objective": objective,
             "min_snr_gamma": args.min_snr_gamma,
             "snr_floor": args.snr_floor,
             "bf16_autocast": bool(args.bf16),
@@ -334,6 +391,7 @@ def main(argv=None) -> int:
         model_state = {
             "model": model.state_dict(),
             "ema": ema.state_dict(),
+            **({"target": target.state_dict()} if target is not None else {}),
             "opt": opt.state_dict(),
             "gen": gen.get_state(),
             "step": step,
@@ -364,23 +422,31 @@ def main(argv=None) -> int:
         drop = torch.rand(args.batch_size, generator=gen) < args.label_dropout
         y[drop.to(device)] = demo_model.NULL_INDEX
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        if args.arch == "dit":
-            xt, t, target, weights = flow_batch(x0, noise, gen)
-        else:
-            t = torch.randint(0, alphas_cumprod.shape[0], (args.batch_size,), generator=gen).to(device)
-            xt = sqrt_ac[t].view(-1, 1, 1, 1) * x0 + sqrt_1mac[t].view(-1, 1, 1, 1) * noise
-            target, weights = noise, snr_weights[t]
-
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            pred = model(xt, t, y).float()
-        loss = (weights * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+            if args.distill:
+                grid_index = torch.randint(0, demo_distill.LCM_GRID_STEPS, (args.batch_size,), generator=gen)
+                loss = demo_distill.lcm_distillation_loss(
+                    model, target, teacher, x0, noise, y, grid_index.to(device), alphas_cumprod, args.guidance,
+                    demo_model.NULL_INDEX, args.huber_c,
+                )
+            else:
+                if args.arch == "dit":
+                    xt, t, goal, weights = flow_batch(x0, noise, gen)
+                else:
+                    t = torch.randint(0, alphas_cumprod.shape[0], (args.batch_size,), generator=gen).to(device)
+                    xt = sqrt_ac[t].view(-1, 1, 1, 1) * x0 + sqrt_1mac[t].view(-1, 1, 1, 1) * noise
+                    goal, weights = noise, snr_weights[t]
+                pred = model(xt, t, y).float()
+                loss = (weights * (pred - goal).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip)
         opt.step()
         step += 1
         ema_update(ema_params, model_params, min(args.ema_decay, (1 + step) / (10 + step)))
+        if target is not None:
+            ema_update(target_params, model_params, args.target_ema_decay)
         loss_hist.append(loss.item())
 
         if step % args.log_every == 0:
