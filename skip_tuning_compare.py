@@ -1,13 +1,13 @@
-"""The "Skip Tuning Compare" node: one seed, a grid of step counts x rho_bottom values.
+"""What the "Skip Tuning Compare" node does: one seed, a grid of step counts x rho_bottom values.
 
 Every cell is sampled by ComfyUI's own ``comfy.sample.sample`` on the model that the
-Skip Tuning node would make (``nodes.apply_skip_tuning``: a clone carrying the core's
+Skip Tuning node would make (``apply_skip_tuning``: a clone carrying the core's
 output-block patch), then decoded with the VAE. The grid is labelled with PIL's
 built-in font. A second grid of the same size shows each cell's amplified difference
 from the untuned cell of its column, so small changes are visible.
 
-ComfyUI is imported only inside the node's methods, so the list parsing and the grid
-drawing can be used and tested without it.
+The node class is in ``skip_tuning_comfy_nodes``. ComfyUI is imported only inside
+``sample_sweep``, so the list parsing and the grid drawing can be used and tested without it.
 """
 
 from __future__ import annotations
@@ -188,142 +188,96 @@ def check_model(model) -> int:
     return layout.n_skips
 
 
-class SkipTuningCompare:
-    """Sample a steps x rho_bottom grid with one seed and label it."""
-
-    DESCRIPTION = (
-        "Samples every (steps, rho_bottom) pair with the same seed and noise, decodes each with the VAE, "
-        "and returns a labelled grid (rows: rho_bottom, columns: steps), all images as a batch, and the grid of "
-        "amplified differences from the untuned model. rho_bottom 1.0 with rho_top 1.0 is the model without "
-        "Skip Tuning."
-    )
-    CATEGORY = "sampling"
-    FUNCTION = "compare"
-    # Outputs are only ever appended: saved workflows link to them by index.
-    RETURN_TYPES = ("IMAGE", "IMAGE", "IMAGE")
-    RETURN_NAMES = ("grid", "images", "differences")
-    OUTPUT_TOOLTIPS = (
-        "Labelled grid: one row per rho_bottom, one column per step count (first image of each batch).",
-        "Every decoded image, row by row (rho_bottom), then column by column (steps).",
-        "The grid's layout, each cell showing |cell - untuned cell of its column|, amplified so its largest "
-        "change is white (the factor is written in the cell). The untuned cell is the rho_bottom 1.0 row when "
-        "rho_top is 1.0, else an extra plain sampling per column.",
-    )
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        import comfy.samplers
-
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The model, without Skip Tuning (the node applies it per row)."}),
-                "positive": ("CONDITIONING",),
-                "negative": ("CONDITIONING",),
-                "latent": ("LATENT", {"tooltip": "The latent to denoise, e.g. from Empty Latent Image."}),
-                "vae": ("VAE",),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                                 "tooltip": "The same seed (and noise) for every cell."}),
-                "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler"}),
-                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal"}),
-                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
-                "steps_list": ("STRING", {"default": "4, 8, 16",
-                                          "tooltip": "Step counts, one grid column each, e.g. '4, 8, 16'."}),
-                "rho_bottom_list": ("STRING", {"default": "1.0, 0.9, 0.8",
-                                               "tooltip": "rho_bottom values, one grid row each, each in 0-2. "
-                                                          "1.0 (with rho_top 1.0) is the untuned baseline."}),
-                "rho_top": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01, "display": "slider",
-                                      "tooltip": "Factor of the highest-resolution skip, the same for every row."}),
-            }
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, steps_list=None, rho_bottom_list=None):
-        # Linked inputs are not known yet (None); compare() checks them again before sampling.
-        try:
-            if steps_list is not None:
-                parse_steps_list(steps_list)
-            if rho_bottom_list is not None:
-                parse_rho_bottom_list(rho_bottom_list)
-            if steps_list is not None and rho_bottom_list is not None:
-                parse_sweep(steps_list, rho_bottom_list)
-        except SkipTuningError as error:
-            return str(error)
-        return True
-
-    def compare(self, model, positive, negative, latent, vae, seed, sampler_name, scheduler, cfg,
-                steps_list, rho_bottom_list, rho_top):
-        import comfy.model_management
-        import comfy.sample
-        import comfy.utils
-        import latent_preview
-
-        steps, rho_bottoms = parse_sweep(steps_list, rho_bottom_list)
-        rho_top = validate_rho(rho_top, "rho_top")
-        check_model(model)
-        # The Skip Tuning node's own code path: a clone with the core's output-block patch.
-        models = [apply_skip_tuning(model, rho_bottom, rho_top) for rho_bottom in rho_bottoms]
-        # The differences need the untuned model in every column: the rho_bottom 1.0 row when rho_top
-        # is 1.0 too, else one more (unshown) row of plain sampling.
-        baseline_row = rho_bottoms.index(1.0) if rho_top == 1.0 and 1.0 in rho_bottoms else len(models)
-        if baseline_row == len(models):
-            models.append(model)
-
-        latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-        noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
-        noise_mask = latent.get("noise_mask")
-
-        total = sum(steps) * len(models)
-        done = 0
-        progress = comfy.utils.ProgressBar(total)
-        previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
-        disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
-
-        def make_callback(offset):
-            def callback(step, x0, x, total_steps):
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
-                progress.update_absolute(offset + step + 1, total, preview)
-
-            return callback
-
-        cells, batches = [], []
-        for patched in models:
-            row = []
-            for step_count in steps:
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                samples = comfy.sample.sample(
-                    patched, noise, step_count, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                    denoise=1.0, noise_mask=noise_mask, callback=make_callback(done),
-                    disable_pbar=disable_pbar, seed=seed,
-                )
-                done += step_count
-                progress.update_absolute(done, total)
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                images = vae.decode(samples)
-                if images.ndim == 5:
-                    images = images.reshape(-1, *images.shape[-3:])
-                row.append(images[0])
-                if len(cells) < len(rho_bottoms):
-                    batches.append(images)
-            cells.append(row)
-
-        title = f"seed {seed}, {sampler_name}/{scheduler}, cfg {cfg:g}, rho_top {rho_top:.2f}"
-        row_labels = [rho_label(rho_bottom, rho_top) for rho_bottom in rho_bottoms]
-        column_labels = [steps_label(count) for count in steps]
-        grid = make_grid(cells[:len(rho_bottoms)], row_labels, column_labels, title)
-        differences, tags = [], []
-        for r in range(len(rho_bottoms)):
-            pairs = [amplified_difference(cells[r][c], cells[baseline_row][c]) for c in range(len(steps))]
-            differences.append([image for image, _ in pairs])
-            tags.append(["baseline" if r == baseline_row else amplification_label(gain) for _, gain in pairs])
-        difference_grid = make_grid(differences, row_labels, column_labels, title, tags)
-        return grid, torch.cat(batches, dim=0), difference_grid
+def check_sweep_inputs(steps_list=None, rho_bottom_list=None, rho_top=None) -> None:
+    """Raise for lists or a rho_top that no model could sweep; None (an input fed by a link, not known when
+    the prompt is queued) is checked when the node runs, by ``sample_sweep``."""
+    if steps_list is not None:
+        parse_steps_list(steps_list)
+    if rho_bottom_list is not None:
+        parse_rho_bottom_list(rho_bottom_list)
+    if steps_list is not None and rho_bottom_list is not None:
+        parse_sweep(steps_list, rho_bottom_list)
+    if rho_top is not None:
+        validate_rho(rho_top, "rho_top")
 
 
-NODE_CLASS_MAPPINGS = {"SkipTuningCompare": SkipTuningCompare}
-NODE_DISPLAY_NAME_MAPPINGS = {"SkipTuningCompare": "Skip Tuning Compare"}
+def sample_sweep(model, positive, negative, latent, vae, seed, sampler_name, scheduler, cfg, steps_list,
+                 rho_bottom_list, rho_top):
+    """The Compare node's work: (grid, every image as a batch, the grid of differences).
+
+    Each cell is ComfyUI's ``comfy.sample.sample`` (what KSampler runs) on the model the Skip Tuning node
+    makes, with one progress bar over the sweep. Cancel (ComfyUI's interrupt) is honoured at every step,
+    where ComfyUI also checks it, and between cells, so a cancelled sweep stops within a step.
+    """
+    import comfy.model_management
+    import comfy.sample
+    import comfy.utils
+    import latent_preview
+
+    steps, rho_bottoms = parse_sweep(steps_list, rho_bottom_list)
+    rho_top = validate_rho(rho_top, "rho_top")
+    check_model(model)
+    # The Skip Tuning node's own code path: a clone with the core's output-block patch.
+    models = [apply_skip_tuning(model, rho_bottom, rho_top) for rho_bottom in rho_bottoms]
+    # The differences need the untuned model in every column: the rho_bottom 1.0 row when rho_top
+    # is 1.0 too, else one more (unshown) row of plain sampling.
+    baseline_row = rho_bottoms.index(1.0) if rho_top == 1.0 and 1.0 in rho_bottoms else len(models)
+    if baseline_row == len(models):
+        models.append(model)
+
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    noise_mask = latent.get("noise_mask")
+
+    total = sum(steps) * len(models)
+    done = 0
+    progress = comfy.utils.ProgressBar(total)
+    previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+    disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+    stop_if_cancelled = comfy.model_management.throw_exception_if_processing_interrupted
+
+    def make_callback(offset):
+        def callback(step, x0, x, total_steps):
+            stop_if_cancelled()
+            preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
+            progress.update_absolute(offset + step + 1, total, preview)
+
+        return callback
+
+    cells, batches = [], []
+    for patched in models:
+        row = []
+        for step_count in steps:
+            stop_if_cancelled()
+            samples = comfy.sample.sample(
+                patched, noise, step_count, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                denoise=1.0, noise_mask=noise_mask, callback=make_callback(done),
+                disable_pbar=disable_pbar, seed=seed,
+            )
+            done += step_count
+            progress.update_absolute(done, total)
+            stop_if_cancelled()
+            images = vae.decode(samples)
+            if images.ndim == 5:
+                images = images.reshape(-1, *images.shape[-3:])
+            row.append(images[0])
+            if len(cells) < len(rho_bottoms):
+                batches.append(images)
+        cells.append(row)
+
+    title = f"seed {seed}, {sampler_name}/{scheduler}, cfg {cfg:g}, rho_top {rho_top:.2f}"
+    row_labels = [rho_label(rho_bottom, rho_top) for rho_bottom in rho_bottoms]
+    column_labels = [steps_label(count) for count in steps]
+    grid = make_grid(cells[:len(rho_bottoms)], row_labels, column_labels, title)
+    differences, tags = [], []
+    for r in range(len(rho_bottoms)):
+        pairs = [amplified_difference(cells[r][c], cells[baseline_row][c]) for c in range(len(steps))]
+        differences.append([image for image, _ in pairs])
+        tags.append(["baseline" if r == baseline_row else amplification_label(gain) for _, gain in pairs])
+    difference_grid = make_grid(differences, row_labels, column_labels, title, tags)
+    return grid, torch.cat(batches, dim=0), difference_grid
+
 
 __all__ = [
-    "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "GridLayout", "SkipTuningCompare", "amplified_difference",
-    "make_grid", "parse_sweep",
+    "GridLayout", "amplified_difference", "check_sweep_inputs", "make_grid", "parse_sweep", "sample_sweep",
 ]

@@ -1,7 +1,8 @@
-"""ComfyUI nodes for Skip Tuning: a thin adapter over ``skip_tuning_core``.
+"""What the Skip Tuning nodes do in ComfyUI: a thin adapter over ``skip_tuning_core``.
 
-Classic (V1) node API, which every ComfyUI release since 2023 loads. Nothing from ComfyUI
-is imported at module level, so the repository imports without a host (tests, A1111).
+The node classes themselves (ComfyUI's V3 schema) are in ``skip_tuning_comfy_nodes``, which only
+ComfyUI imports. Nothing from ComfyUI is imported here at module level, so this module imports
+without a host (tests, A1111).
 """
 
 from __future__ import annotations
@@ -10,12 +11,7 @@ import logging
 
 from .skip_tuning_core import (
     CONTROL_OUTPUTS_KEY,
-    DEFAULT_RHO_BOTTOM,
-    DEFAULT_RHO_TOP,
-    KNOWN_SKIP_COUNTS,
     OUTPUT_BLOCK_PATCH,
-    RHO_MAX,
-    RHO_MIN,
     SkipTuningError,
     control_snapshot_wrapper,
     find_skip_layout,
@@ -29,51 +25,17 @@ from .skip_tuning_core import (
 
 logger = logging.getLogger("skip_tuning")
 
-CATEGORY = "model_patches/unet"
 CONTROL_WRAPPER_KEY = "skip_tuning_control_snapshot"
 SKIP_REPLACE_WRAPPER_KEY = "skip_tuning_skip_replace"
 
 __all__ = [
     "CONTROL_OUTPUTS_KEY",
-    "NODE_CLASS_MAPPINGS",
-    "NODE_DISPLAY_NAME_MAPPINGS",
-    "SkipTuning",
-    "SkipTuningAdvanced",
     "SkipTuningError",
     "apply_skip_tuning",
+    "check_skip_tuning_inputs",
     "diffusion_model_of",
+    "sigma_window",
 ]
-
-def _rho_options(default: float, tooltip: str) -> dict:
-    return {"default": default, "min": RHO_MIN, "max": RHO_MAX, "step": 0.01, "display": "slider", "tooltip": tooltip}
-
-
-_PERCENT_OPTIONS = {"min": 0.0, "max": 1.0, "step": 0.001}
-
-_MODEL_TOOLTIP = (
-    "The diffusion model to tune. Models with long skips are tuned: U-Nets (SD1.x, SD2.x, SDXL, SSD-1B, SVD, "
-    "KOALA, ...) and U-ViTs (HunyuanDiT, Hunyuan3D 2.1); other models (Flux, SD3, PixArt, ...) pass through "
-    "unchanged with a warning."
-)
-_RHO_BOTTOM_TOOLTIP = (
-    "Factor for the deepest skip connection. Lower than 1 weakens the skip and leans on the backbone; "
-    "the paper uses values below 1 with ODE samplers at low step counts. Higher than 1 strengthens it, "
-    "which guided sampling on some models prefers (README: presets). 1 = off, the default: the best value "
-    "depends on the model and the sampling, so compare with the same seed (Skip Tuning Compare)."
-)
-_RHO_TOP_TOOLTIP = (
-    "Factor for the highest-resolution skip (the first one). Skips in between get factors "
-    "interpolated linearly from rho_bottom to rho_top. Usually 1."
-)
-_OUTPUT_TOOLTIP = "A copy of the model whose skip connections are scaled while sampling."
-
-
-def _model_and_rho_inputs() -> dict:
-    return {
-        "model": ("MODEL", {"tooltip": _MODEL_TOOLTIP}),
-        "rho_bottom": ("FLOAT", _rho_options(DEFAULT_RHO_BOTTOM, _RHO_BOTTOM_TOOLTIP)),
-        "rho_top": ("FLOAT", _rho_options(DEFAULT_RHO_TOP, _RHO_TOP_TOOLTIP)),
-    }
 
 
 def _model_object(model, name: str):
@@ -143,6 +105,32 @@ def _as_bool(value, name: str) -> bool:
     raise SkipTuningError(f"{name} must be true or false, got {value!r}")
 
 
+def parse_rho_per_skip(rho_per_skip) -> tuple:
+    """The per-skip factors, deepest first: text such as "0.8, 0.9, 1" (the widget) or a list (API clients);
+    empty or None for none."""
+    if rho_per_skip is None:
+        return ()
+    if isinstance(rho_per_skip, str):
+        return parse_rho_list(rho_per_skip)
+    if isinstance(rho_per_skip, (list, tuple)):
+        return tuple(validate_rho(value, f"rho_per_skip entry {k + 1}") for k, value in enumerate(rho_per_skip))
+    raise SkipTuningError(f"rho_per_skip must be a comma-separated list of numbers, got {rho_per_skip!r}")
+
+
+def check_skip_tuning_inputs(rho_bottom=None, rho_top=None, start_percent=None, end_percent=None,
+                             rho_per_skip=None) -> None:
+    """Raise for any value that cannot work with any model; what is not known yet (an input fed by a link)
+    is None and skipped. ComfyUI runs this when a prompt is queued; ``apply_skip_tuning`` checks every
+    value again, with the model, when the node runs."""
+    for name, value in (("rho_bottom", rho_bottom), ("rho_top", rho_top)):
+        if value is not None:
+            validate_rho(value, name)
+    if start_percent is not None or end_percent is not None:
+        validate_percent_window(0.0 if start_percent is None else start_percent,
+                                1.0 if end_percent is None else end_percent)
+    parse_rho_per_skip(rho_per_skip)
+
+
 def apply_skip_tuning(model, rho_bottom, rho_top, start_percent=0.0, end_percent=1.0, rho_per_skip="",
                       scale_controlnet=True):
     """Return a clone of ``model`` whose long skips are scaled, or ``model`` itself when it has none.
@@ -152,14 +140,7 @@ def apply_skip_tuning(model, rho_bottom, rho_top, start_percent=0.0, end_percent
     rho_bottom = validate_rho(rho_bottom, "rho_bottom")
     rho_top = validate_rho(rho_top, "rho_top")
     start_percent, end_percent = validate_percent_window(start_percent, end_percent)
-    if rho_per_skip is None:
-        rho_per_skip = ""
-    if isinstance(rho_per_skip, str):
-        explicit = parse_rho_list(rho_per_skip)
-    elif isinstance(rho_per_skip, (list, tuple)):
-        explicit = tuple(validate_rho(value, f"rho_per_skip entry {k + 1}") for k, value in enumerate(rho_per_skip))
-    else:
-        raise SkipTuningError(f"rho_per_skip must be a comma-separated list of numbers, got {rho_per_skip!r}")
+    explicit = parse_rho_per_skip(rho_per_skip)
     scale_controlnet = _as_bool(scale_controlnet, "scale_controlnet")
 
     layout = find_skip_layout(diffusion_model_of(model))
@@ -224,82 +205,3 @@ def _patch_skip_blocks(model, layout, rhos, sigma_range, scale_controlnet):
         make_skip_replace_wrapper(layout.replace_keys, rhos, sigma_range, scale_control=scale_controlnet),
     )
     return patched
-
-
-class SkipTuning:
-    DESCRIPTION = (
-        "Skip-Tuning (Ma et al., ICML 2024): scales the long skip connections of U-Nets (SD1.x, SDXL, ...) and "
-        "U-ViTs (HunyuanDiT, Hunyuan3D 2.1), the deepest by rho_bottom, the highest-resolution by rho_top, the "
-        "ones between linearly interpolated. Training-free, no extra cost per step; aimed at better images at "
-        "low step counts. Models without long skips (Flux, SD3, ...) pass through unchanged."
-    )
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = (_OUTPUT_TOOLTIP,)
-    FUNCTION = "patch"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": _model_and_rho_inputs()}
-
-    def patch(self, model, rho_bottom, rho_top):
-        return (apply_skip_tuning(model, rho_bottom, rho_top),)
-
-
-class SkipTuningAdvanced:
-    DESCRIPTION = (
-        "Skip Tuning with a sampling window, per-skip factors and ControlNet control. Tuning is active from "
-        "start_percent to end_percent of sampling (judged on the current noise level, so it works with any "
-        "sampler and step count); rho_per_skip overrides the interpolation with one factor per skip, bottom "
-        "to top."
-    )
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = (_OUTPUT_TOOLTIP,)
-    FUNCTION = "patch"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                **_model_and_rho_inputs(),
-                "start_percent": ("FLOAT", {
-                    "default": 0.0, **_PERCENT_OPTIONS,
-                    "tooltip": "Where in sampling tuning starts: 0 = the first step (highest noise).",
-                }),
-                "end_percent": ("FLOAT", {
-                    "default": 1.0, **_PERCENT_OPTIONS,
-                    "tooltip": "Where in sampling tuning ends: 1 = the last step. Outside the window the "
-                               "skips are left as they are.",
-                }),
-            },
-            "optional": {
-                "rho_per_skip": ("STRING", {
-                    "default": "", "multiline": False,
-                    "tooltip": "Optional: one factor per long skip, comma-separated, deepest first "
-                               "(" + KNOWN_SKIP_COUNTS + "). Overrides rho_bottom and "
-                               "rho_top. Leave empty to interpolate.",
-                }),
-                "scale_controlnet": ("BOOLEAN", {
-                    "default": True,
-                    "tooltip": "ComfyUI adds ControlNet residuals to the skips before they are scaled. On: "
-                               "the residuals are scaled with them. Off: only the model's own skip is scaled "
-                               "and ControlNet keeps its full strength.",
-                }),
-            },
-        }
-
-    def patch(self, model, rho_bottom, rho_top, start_percent, end_percent, rho_per_skip="", scale_controlnet=True):
-        return (apply_skip_tuning(model, rho_bottom, rho_top, start_percent, end_percent, rho_per_skip,
-                                  scale_controlnet),)
-
-
-NODE_CLASS_MAPPINGS = {
-    "SkipTuning": SkipTuning,
-    "SkipTuningAdvanced": SkipTuningAdvanced,
-}
-
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "SkipTuning": "Skip Tuning",
-    "SkipTuningAdvanced": "Skip Tuning (Advanced)",
-}

@@ -1,7 +1,8 @@
-"""ComfyUI node for Residual Tuning (experimental): Skip-Tuning's idea on a DiT's per-block residuals.
+"""What the Residual Tuning node (experimental) does: Skip-Tuning's idea on a DiT's per-block residuals.
 
-A thin adapter over ``skip_tuning_core.residual``; the evidence behind it and its limits are in the
-README (Results: Residual Tuning on a DiT). Nothing from ComfyUI is imported at module level.
+A thin adapter over ``skip_tuning_core.residual``; the node class is in ``skip_tuning_comfy_nodes``. The
+evidence behind it and its limits are in docs/results.md (Residual Tuning on a DiT). Nothing from
+ComfyUI is imported at module level.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import logging
 
 from .skip_tuning_core import (
-    RHO_MAX,
-    RHO_MIN,
     SUPPORTED_DITS,
     block_factors,
     find_residual_layout,
@@ -19,13 +18,28 @@ from .skip_tuning_core import (
     validate_rho,
     validate_start_fraction,
 )
-from .skip_tuning_nodes import describe_model, diffusion_model_of, model_wrapper_type, sigma_window
+from .skip_tuning_nodes import (
+    check_skip_tuning_inputs,
+    describe_model,
+    diffusion_model_of,
+    model_wrapper_type,
+    sigma_window,
+)
 
 logger = logging.getLogger("skip_tuning")
 
 RESIDUAL_WRAPPER_KEY = "skip_tuning_residual_replace"
 DEFAULT_RHO_FIRST = 0.99  # on Flux.1 (57 blocks) the input keeps 0.75, as 0.96 -> 1 on the tested 12-block DiT
 DEFAULT_RHO_LAST = 1.0
+
+
+def check_residual_inputs(rho_first=None, rho_last=None, start_percent=None, end_percent=None) -> None:
+    """Raise for a value that cannot work with any model; None (an input fed by a link) is checked later,
+    by ``apply_residual_tuning``."""
+    for name, value in (("rho_first", rho_first), ("rho_last", rho_last)):
+        if value is not None:
+            validate_rho(value, name)
+    check_skip_tuning_inputs(start_percent=start_percent, end_percent=end_percent)
 
 
 def apply_residual_tuning(model, rho_first, rho_last, start_depth=0.0, start_percent=0.0, end_percent=1.0):
@@ -56,53 +70,3 @@ def apply_residual_tuning(model, rho_first, rho_last, start_depth=0.0, start_per
     logger.info("Residual Tuning: %s (%s), %d blocks, rho first to last = [%s]", describe_model(model),
                 layout.architecture, len(rhos), ", ".join(f"{rho:.4g}" for rho in rhos))
     return patched
-
-
-def _rho_options(default: float, tooltip: str) -> dict:
-    return {"default": default, "min": RHO_MIN, "max": RHO_MAX, "step": 0.005, "display": "slider",
-            "tooltip": tooltip}
-
-
-class ResidualTuning:
-    DESCRIPTION = (
-        "Experimental. Scales the identity path of every block of a DiT (" + SUPPORTED_DITS + "): a block "
-        "computes rho * x + F(x) instead of x + F(x), rho going linearly from rho_first (first block) to "
-        "rho_last (last block). The factors compound over the blocks, so values stay close to 1. On the "
-        "project's small Flux-type model it helped Euler and Euler a at 4-10 unguided steps, not at 25, and "
-        "not DPM++ 2M or guided sampling (README: Residual Tuning on a DiT); compare with the same seed "
-        "before keeping it."
-    )
-    CATEGORY = "model_patches/dit"
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("A copy of the model whose blocks' identity paths are scaled while sampling.",)
-    FUNCTION = "patch"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The DiT to tune (" + SUPPORTED_DITS + "); other models pass "
-                                               "through unchanged with a warning."}),
-                "rho_first": ("FLOAT", _rho_options(DEFAULT_RHO_FIRST, (
-                    "Factor on the identity path of the first tuned block. Below 1 discounts the input "
-                    "embedding and the early blocks against the later ones; 1 = off."))),
-                "rho_last": ("FLOAT", _rho_options(DEFAULT_RHO_LAST, (
-                    "Factor on the identity path of the last block; blocks between are interpolated."))),
-                "start_depth": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 0.95, "step": 0.05,
-                    "tooltip": "Fraction of the blocks, from the input side, left untouched (0 = tune all)."}),
-                "start_percent": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                    "tooltip": "Where in sampling tuning starts: 0 = the first step (highest noise)."}),
-                "end_percent": ("FLOAT", {
-                    "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                    "tooltip": "Where in sampling tuning ends: 1 = the last step."}),
-            },
-        }
-
-    def patch(self, model, rho_first, rho_last, start_depth, start_percent, end_percent):
-        return (apply_residual_tuning(model, rho_first, rho_last, start_depth, start_percent, end_percent),)
-
-
-NODE_CLASS_MAPPINGS = {"ResidualTuning": ResidualTuning}
-NODE_DISPLAY_NAME_MAPPINGS = {"ResidualTuning": "Residual Tuning (experimental)"}

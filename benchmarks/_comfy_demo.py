@@ -214,9 +214,7 @@ def skip_tuned(patcher, rho_bottom: float, rho_top: float = 1.0):
     """The patcher as the Skip Tuning node returns it (plain when rho_bottom == rho_top == 1)."""
     if rho_bottom == 1.0 and rho_top == 1.0:
         return patcher
-    pack = load_node_pack()
-    node = pack.NODE_CLASS_MAPPINGS["SkipTuning"]()
-    return node.patch(patcher, rho_bottom, rho_top)[0]
+    return load_node_pack().skip_tuning_nodes.apply_skip_tuning(patcher, rho_bottom, rho_top)
 
 
 @torch.no_grad()

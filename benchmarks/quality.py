@@ -111,7 +111,7 @@ PRESETS = {
             dict(samplers=["euler"], steps=[4], cfgs=[1.0, 4.0], rhos=[0.3, 0.4, 0.5], blocks=[0]),
             # The rest of the grid: every sampler over the whole rho grid at 4, 8, 15 and 25 steps, each
             # screen followed by a paired confirmation on fresh blocks. Heun comes last: its baseline is
-            # held back by the model (see the README), so its rows are worth the least.
+            # held back by the model (see docs/results.md), so its rows are worth the least.
             *grid_completion(GRID_SAMPLERS_BUT_HEUN, cfg=4.0),
             *grid_completion(GRID_SAMPLERS_BUT_HEUN, cfg=1.0),
             *grid_completion(["heun"], cfg=4.0),

@@ -1,6 +1,13 @@
 // Skip Tuning: draws the rho profile (one bar per long skip, bottom -> top) on the
 // "Skip Tuning" and "Skip Tuning (Advanced)" nodes, and one bar per block on "Residual Tuning
-// (experimental)", redrawn from the widget values on every frame, so it follows a slider while it moves.
+// (experimental)", redrawn from the widget values, so it follows a slider while it moves.
+//
+// The profile is a canvas widget (draw + computeSize). The classic LiteGraph canvas draws it with the
+// node; front ends that render nodes as Vue components (setting "Modern Node Design (Nodes 2.0)",
+// tested on 1.49) give such a widget a <canvas> of its own and call the same draw. Front end 1.27's
+// experimental Vue nodes render only built-in widget types: there the profile is not shown. The
+// preview-size entry goes through the node's extra menu options, which both the LiteGraph and the
+// Vue context menus list.
 //
 // Canvas drawing only: no network calls, no HTML built from user text.
 import { app } from "../../scripts/app.js";
@@ -233,7 +240,8 @@ function drawProfile(ctx, node, width, y) {
   if (profile.window) ctx.fillText(fitText(ctx, profile.window, x1 - x0 - 16), x0 + 8, noteY);
   ctx.restore();
 
-  // What was drawn, in node coordinates: read back by the browser tests.
+  // What was drawn, in the drawing's coordinates (the node's on the classic canvas, the widget's own
+  // canvas on a Vue node): read back by the browser tests.
   node.skipTuningProfile = {
     kind: profile.kind,
     rhos: profile.rhos.slice(),
@@ -244,8 +252,12 @@ function drawProfile(ctx, node, width, y) {
   };
 }
 
+// The classic canvas redraws the node on its next frame once marked dirty; a Vue-rendered node (newer
+// front ends, e.g. 1.49) draws the widget into a <canvas> of its own, again only when its triggerDraw
+// is called (the front end calls it itself for edits made in the node's own widgets).
 function redraw(node) {
   node.setDirtyCanvas?.(true, true);
+  node.widgets?.find((w) => w.name === WIDGET_NAME)?.triggerDraw?.();
 }
 
 function addProfileWidget(node) {

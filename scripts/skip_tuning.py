@@ -1,8 +1,9 @@
-"""Automatic1111 / Forge / reForge entry point of Skip Tuning.
+"""Automatic1111 / Forge / reForge / SD.Next entry point of Skip Tuning.
 
 The webui executes this file on every (re)load and registers each Script subclass found in its
-namespace, so exactly one is exposed here. The implementation lives in ../sd_webui_script.py,
-imported under a name no other extension uses (Forge keeps every extension folder on sys.path).
+namespace, so exactly one is exposed here. The implementation lives in ../sd_webui_script.py (and
+the per-host modules it imports from ../skip_tuning_webui/), imported under a name no other
+extension uses (Forge keeps every extension folder on sys.path).
 """
 
 import importlib.util

@@ -2,12 +2,22 @@
 
 Both hosts call ``patch(h, hsp, transformer_options) -> (h, hsp)`` right before
 ``cat([h, hsp], dim=1)`` with ``transformer_options["block"] == ("output", i)``.
-The patch is a closure over plain floats: ``ModelPatcher.clone()`` deep-copies
-callable objects but keeps functions, and offloading never touches floats.
+The patch is a closure: ``ModelPatcher.clone()`` deep-copies callable objects but keeps
+functions, and offloading never touches what a closure holds.
+
+Under torch.compile the patch must not let a graph freeze a number that ComfyUI's
+TorchCompileModel leaves unguarded. Since December 2025 (PR #11317) that node drops every
+guard whose source names ``transformer_options``; whatever a graph read through it (this
+patch, its closure, the block index when the patch is traced as a frame of its own) is
+baked into the graph and replayed for other blocks and for other models of the same
+network. So the traced path reads every factor and bound as a tensor (a graph input,
+fetched afresh at each call), branches on none of them, and the argument is not named
+``transformer_options``, which keeps dynamo's guard on the block index.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Callable
 
@@ -17,6 +27,10 @@ import torch
 CONTROL_OUTPUTS_KEY = "skip_tuning_control_outputs"
 
 OutputBlockPatch = Callable[[torch.Tensor, torch.Tensor, dict], tuple]
+
+# True while dynamo traces (a constant in the graph). torch before 2.3 lacks it; no ComfyUI that drops
+# guards runs on such a torch, and there the float path is guarded as any closure is.
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
 
 
 def make_output_block_patch(
@@ -28,27 +42,38 @@ def make_output_block_patch(
 
     ``sigma_range`` = (sigma_low, sigma_high): outside it the skip is left alone.
     The gate is a tensor comparison and a ``torch.where``, so torch.compile sees no
-    Python branch on sigma, and the factor stays a Python float: the product is the
-    same bits as ``hsp * rho`` in every dtype, on every device.
+    Python branch on sigma. Run eagerly, the factor is a Python float: the product is the
+    same bits as ``hsp * rho`` in every dtype, on every device, and rho 1 returns the very
+    tensors it got. Traced, it is a float32 scalar tensor, which the kernels read as the
+    same float32 opmath value, and the gate is always in the graph (open when there is no
+    window), so one graph serves every factor and window (module docstring).
     ``scale_control=False`` keeps ControlNet's residual (already added by the host)
     at full strength; it needs ``control_snapshot_wrapper`` registered on the model.
     """
     factors = tuple(float(rho) for rho in rhos)
     n_skips = len(factors)
     window = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]))
+    traced_factors = tuple(torch.tensor(rho, dtype=torch.float32) for rho in factors)
+    traced_keeps = tuple(torch.tensor(1.0 - rho, dtype=torch.float32) for rho in factors)
+    traced_window = torch.tensor(window if window is not None else (-math.inf, math.inf), dtype=torch.float64)
 
-    def skip_tuning_output_block_patch(h, hsp, transformer_options):
-        block = transformer_options.get("block")
+    def skip_tuning_output_block_patch(h, hsp, options):
+        # ``options`` is the host's transformer_options; its name keeps the block guard (module docstring).
+        block = options.get("block")
         if not block or block[0] != "output" or not 0 <= block[1] < n_skips:
             return h, hsp
         index = block[1]
-        rho = factors[index]
-        if rho == 1.0:
-            return h, hsp
+        if _is_compiling():
+            rho, keep, bounds = traced_factors[index], traced_keeps[index], traced_window
+        else:
+            rho = factors[index]
+            if rho == 1.0:
+                return h, hsp
+            keep, bounds = 1.0 - rho, window
 
         control = None
         if not scale_control:
-            residuals = transformer_options.get(CONTROL_OUTPUTS_KEY)
+            residuals = options.get(CONTROL_OUTPUTS_KEY)
             if residuals and index < len(residuals):
                 # The host pops residuals from the end, so block i received residuals[-1 - i].
                 control = residuals[len(residuals) - 1 - index]
@@ -60,12 +85,14 @@ def make_output_block_patch(
         scaled = hsp * rho
         if control is not None:
             # hsp already holds skip + residual: rho * (skip + residual) + (1 - rho) * residual.
-            scaled = scaled + control.to(hsp.dtype) * (1.0 - rho)
+            scaled = scaled + control.to(hsp.dtype) * keep
 
-        sigmas = transformer_options.get("sigmas") if window is not None else None
+        sigmas = options.get("sigmas") if bounds is not None else None
         if sigmas is not None:
             sigma = sigmas.reshape(-1)[0]
-            active = (sigma >= window[0]) & (sigma <= window[1])
+            if torch.is_tensor(bounds):
+                bounds = bounds.to(sigma.dtype)  # rounded as a Python bound is when compared with sigma
+            active = (sigma >= bounds[0]) & (sigma <= bounds[1])
             scaled = torch.where(active, scaled, hsp)
         return h, scaled
 

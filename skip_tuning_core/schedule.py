@@ -13,7 +13,7 @@ RHO_MIN = 0.0
 RHO_MAX = 2.0
 
 # Defaults every host shows (ComfyUI node, A1111/Forge script): one place to change them.
-# 1.0, off: no other value lost on none of the project's three models (README, Results: presets). Weaker
+# 1.0, off: no other value lost on none of the project's three models (docs/results.md: presets). Weaker
 # skips (0.6-0.9) helped every model at few unguided steps, but 0.9 cost 0.1-0.6 FD on both U-Nets and
 # 1.2 FD on the U-ViT in guided 10-step cells, and 1.2 (the U-Nets' best with guidance) cost the U-ViT
 # 3-5 FD. The user picks the value for the sampling at hand (presets table, Skip Tuning Compare).
@@ -40,10 +40,12 @@ def validate_rho(value: float, name: str = "rho") -> float:
     return rho
 
 
-def validate_percent_window(start_percent: float, end_percent: float) -> tuple[float, float]:
-    """Check the part of sampling (0 = first step, 1 = last) where tuning is active."""
+def validate_percent_window(
+    start_percent: float, end_percent: float, names: tuple[str, str] = ("start_percent", "end_percent")
+) -> tuple[float, float]:
+    """Check the part of sampling (0 = first step, 1 = last) where tuning is active; ``names`` for messages."""
     bounds = []
-    for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
+    for name, value in zip(names, (start_percent, end_percent)):
         if isinstance(value, bool):
             raise SkipTuningError(f"{name} must be a number, got {value!r}")
         try:
@@ -55,7 +57,7 @@ def validate_percent_window(start_percent: float, end_percent: float) -> tuple[f
         bounds.append(percent)
     start, end = bounds
     if start > end:
-        raise SkipTuningError(f"start_percent ({start}) must not be after end_percent ({end})")
+        raise SkipTuningError(f"{names[0]} ({start}) must not be after {names[1]} ({end})")
     return start, end
 
 

@@ -6,7 +6,7 @@
 Each comparison (sampler:cfg:steps:rho_bottom) samples the same seeds twice, plainly and with
 Skip Tuning, so the two differ only by rho_bottom: the same initial noise, the same per-step
 noise for ancestral samplers, one image of every class in the first ten. The defaults are the
-settings where the project's measurements (README, Results) found a difference beyond the
+settings where the project's measurements (docs/results.md) found a difference beyond the
 noise: weaker skips without guidance at 4 steps, stronger skips with guidance at 10 steps.
 Skip Tuning is applied with the project's own adapter (skip_tuning_core.SkipScalingHooks, the
 hook path the A1111 script uses), sampling with diffusers' schedulers.

@@ -87,9 +87,13 @@ def default_config() -> dict[str, Any]:
 def build_dit(dit_kwargs: dict[str, Any] | None = None, operations=None, dtype=None) -> nn.Module:
     """An untrained Flux; ``operations`` defaults to :class:`TrainingOps` (initialised, trainable)."""
     import_comfy()
-    from comfy.ldm.flux.model import Flux
+    import dataclasses
+
+    from comfy.ldm.flux.model import Flux, FluxParams
 
     kwargs = dict(DIT_KWARGS if dit_kwargs is None else dit_kwargs)
+    if "txt_ids_dims" in {field.name for field in dataclasses.fields(FluxParams)}:
+        kwargs.setdefault("txt_ids_dims", [])  # required since ComfyUI 0.33 (2026); Flux.1 has none
     return Flux(**kwargs, operations=operations or TrainingOps, dtype=dtype)
 
 

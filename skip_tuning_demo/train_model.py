@@ -129,7 +129,7 @@ def eps_loss_weights(alphas_cumprod: torch.Tensor, min_snr_gamma: float, snr_flo
     The x0-space weight SNR * w is clamped to [snr_floor, min_snr_gamma].
     The cap leaves eps at the lowest noise levels nearly untrained (w ~ gamma / SNR, 0.004 at t = 0):
     harmless for samplers that only take x0 there, but Heun's last correction takes a derivative
-    at t = 0 and is poor with the shipped weights (README, Results).
+    at t = 0 and is poor with the shipped weights (docs/results.md).
     """
     snr = alphas_cumprod / (1 - alphas_cumprod)
     x0_weight = snr

@@ -236,6 +236,7 @@ def build_tiny_flux(seed: int = 0, depth: int = 1, depth_single_blocks: int = 1,
         "qkv_bias": True,
         "guidance_embed": False,
         "dtype": dtype,
+        **_flux_params_added_since_0_3_64(),
     }
     config = comfy.supported_models.Flux(unet_config)
     config.set_inference_dtype(dtype, None)
@@ -243,6 +244,16 @@ def build_tiny_flux(seed: int = 0, depth: int = 1, depth_single_blocks: int = 1,
     _seeded_init(model.diffusion_model, seed)
     model.eval()
     return _patcher(model)
+
+
+def _flux_params_added_since_0_3_64() -> dict:
+    """Required ``FluxParams`` fields that later ComfyUIs added, at what Flux.1 uses (none on 0.3.64)."""
+    import dataclasses
+
+    from comfy.ldm.flux.model import FluxParams
+
+    fields = {field.name for field in dataclasses.fields(FluxParams)}
+    return {"txt_ids_dims": []} if "txt_ids_dims" in fields else {}  # 2026: Flux.2 puts text ids on some axes
 
 
 def build_tiny_sd3(seed: int = 0, depth: int = 3):

@@ -1,8 +1,12 @@
 """Shared fixtures. ComfyUI fixtures skip with a reason when no checkout is found.
 
-A checkout is looked for at env COMFYUI_PATH, else ~/ComfyUI. With
-SKIP_TUNING_REQUIRE_COMFYUI=1 (set by .ci/run when it finds a checkout) a checkout
-that cannot be imported or started fails the tests instead of skipping them.
+A checkout is looked for at env COMFYUI_PATH, else ~/ComfyUI, else shared/ComfyUI beside
+the repository. With SKIP_TUNING_REQUIRE_COMFYUI=1 (set by .ci/run when it finds a checkout)
+a checkout that cannot be imported or started fails the tests instead of skipping them.
+
+Every test that uses a ComfyUI fixture (directly or through another fixture) is marked
+``comfyui``: ``pytest -m comfyui`` runs exactly the tests that depend on the ComfyUI version,
+which .ci/run repeats for each ComfyUI it tests.
 """
 
 from __future__ import annotations
@@ -13,9 +17,16 @@ import pytest
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "comfyui: needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
+    config.addinivalue_line("markers", "comfyui: needs a ComfyUI checkout (COMFYUI_PATH, ~/ComfyUI or "
+                                       "shared/ComfyUI); set on every test that uses a ComfyUI fixture")
     config.addinivalue_line("markers", "comfyui_server: starts ComfyUI's main.py --cpu in a subprocess")
-    config.addinivalue_line("markers", "webui_real: starts real A1111/Forge/reForge (SKIP_TUNING_WEBUI_PATHS)")
+    config.addinivalue_line("markers", "webui_real: starts real A1111/Forge/reForge/SD.Next (SKIP_TUNING_WEBUI_PATHS)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "comfyui_path" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.comfyui)
 
 
 def _require_comfyui() -> bool:
@@ -57,6 +68,14 @@ def skip_tuning_pack(comfy):
     import comfy_helpers
 
     return comfy_helpers.load_pack()
+
+
+@pytest.fixture(scope="session")
+def comfy_nodes(skip_tuning_pack):
+    """The pack's node classes (V3 schema), imported as ComfyUI imports them through ``comfy_entrypoint``."""
+    import importlib
+
+    return importlib.import_module(f"{skip_tuning_pack.__name__}.skip_tuning_comfy_nodes")
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 
 ``SKIP_TUNING_UPDATE_DOCS=1 pytest tests/test_frontend.py`` builds each one in the real
 front end (so the saved JSON is what the front end itself writes for the current nodes),
-saves it to example_workflows/ and takes its thumbnail. Normal runs only load them.
+saves it to example_workflows/ and takes its thumbnail. Run it against the oldest ComfyUI
+the pack supports (../shared/ComfyUI), so the saved JSON is in a format every newer front end
+reads; normal runs only load them, in every front end and renderer tested.
 """
 
 SD15 = "v1-5-pruned-emaonly.safetensors"

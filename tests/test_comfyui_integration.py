@@ -72,12 +72,12 @@ def freeu(model):
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sdxl", "koala", "sdxs"])
-def test_each_skip_is_scaled_by_its_rho(kind, tiny, nodes):
+def test_each_skip_is_scaled_by_its_rho(kind, tiny, comfy_nodes):
     base = tiny(kind)
     n = ch.TINY_UNET_SKIPS[kind]
     assert len(base.get_model_object("diffusion_model").output_blocks) == n
     bottom, top = 0.6, 1.15
-    model, before, after = probed(base, lambda m: nodes.SkipTuning().patch(m, bottom, top)[0])
+    model, before, after = probed(base, lambda m: comfy_nodes.SkipTuning.execute(m, bottom, top)[0])
     ch.sample(model, steps=STEPS)
 
     assert len(before) == STEPS * n  # one batched (cond + uncond) call per step
@@ -97,32 +97,32 @@ def test_each_skip_is_scaled_by_its_rho(kind, tiny, nodes):
     ]
 
 
-def test_rho_per_skip_overrides_the_interpolation(tiny, nodes):
+def test_rho_per_skip_overrides_the_interpolation(tiny, comfy_nodes):
     factors = (0.5, 1.3, 0.9, 1.0, 0.7, 1.1)
     text = ", ".join(str(rho) for rho in factors)
     model, before, after = probed(
-        tiny("koala"), lambda m: nodes.SkipTuningAdvanced().patch(m, 0.8, 1.0, 0.0, 1.0, text, True)[0])
+        tiny("koala"), lambda m: comfy_nodes.SkipTuningAdvanced.execute(m, 0.8, 1.0, 0.0, 1.0, text, True)[0])
     ch.sample(model, steps=2)
     for b, a in pairs(before, after):
         assert torch.equal(a["hsp"], b["hsp"] * factors[b["block"]])
 
 
-def test_rho_per_skip_with_the_wrong_count_names_the_models_skip_count(tiny, nodes):
+def test_rho_per_skip_with_the_wrong_count_names_the_models_skip_count(tiny, comfy_nodes):
     with pytest.raises(ValueError, match="this model has 9 long skips; give 9 values"):
-        nodes.SkipTuningAdvanced().patch(tiny("sdxl"), 0.8, 1.0, 0.0, 1.0, "1, 1, 1, 1, 1, 1", True)
+        comfy_nodes.SkipTuningAdvanced.execute(tiny("sdxl"), 0.8, 1.0, 0.0, 1.0, "1, 1, 1, 1, 1, 1", True)
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sdxs"])
-def test_rho_one_is_bit_identical_and_the_base_model_is_untouched(kind, tiny, nodes):
+def test_rho_one_is_bit_identical_and_the_base_model_is_untouched(kind, tiny, comfy_nodes):
     base = tiny(kind)
     options_before = repr(base.model_options)
     wrappers_before = repr(getattr(base, "wrappers", None))
     weights_before = {k: v.clone() for k, v in base.model.diffusion_model.state_dict().items()}
     reference = ch.sample(base, steps=STEPS)
 
-    neutral = nodes.SkipTuning().patch(base, 1.0, 1.0)[0]
-    neutral_advanced = nodes.SkipTuningAdvanced().patch(base, 1.0, 1.0, 0.2, 0.8, "", False)[0]
-    tuned = nodes.SkipTuning().patch(base, 0.7, 1.0)[0]
+    neutral = comfy_nodes.SkipTuning.execute(base, 1.0, 1.0)[0]
+    neutral_advanced = comfy_nodes.SkipTuningAdvanced.execute(base, 1.0, 1.0, 0.2, 0.8, "", False)[0]
+    tuned = comfy_nodes.SkipTuning.execute(base, 0.7, 1.0)[0]
     assert neutral is not base and tuned is not base
     assert torch.equal(ch.sample(neutral, steps=STEPS), reference)
     assert torch.equal(ch.sample(neutral_advanced, steps=STEPS), reference)
@@ -139,39 +139,39 @@ def test_rho_one_is_bit_identical_and_the_base_model_is_untouched(kind, tiny, no
 
 
 @pytest.mark.parametrize("order", ["freeu_first", "skip_tuning_first"])
-def test_stacks_with_freeu_in_graph_order(order, tiny, nodes):
+def test_stacks_with_freeu_in_graph_order(order, tiny, comfy_nodes):
     base = tiny("sd1")
     rho_bottom = 0.7
     n = 12
     if order == "freeu_first":
-        model, before, after = probed(freeu(base), lambda m: nodes.SkipTuning().patch(m, rho_bottom, 1.0)[0])
+        model, before, after = probed(freeu(base), lambda m: comfy_nodes.SkipTuning.execute(m, rho_bottom, 1.0)[0])
     else:
-        model, before, after = probed(base, lambda m: nodes.SkipTuning().patch(m, rho_bottom, 1.0)[0])
+        model, before, after = probed(base, lambda m: comfy_nodes.SkipTuning.execute(m, rho_bottom, 1.0)[0])
         model = freeu(model)
     stacked = ch.sample(model, steps=STEPS)
     for b, a in pairs(before, after):
         assert torch.equal(a["hsp"], b["hsp"] * expected_rho(n, rho_bottom, 1.0, b["block"]))
 
     freeu_only = ch.sample(freeu(base), steps=STEPS)
-    tuning_only = ch.sample(nodes.SkipTuning().patch(base, rho_bottom, 1.0)[0], steps=STEPS)
+    tuning_only = ch.sample(comfy_nodes.SkipTuning.execute(base, rho_bottom, 1.0)[0], steps=STEPS)
     assert not torch.equal(stacked, freeu_only) and not torch.equal(stacked, tuning_only)
     # FreeU's skip filter is linear, so both orders give the same image up to rounding.
-    other_order = (nodes.SkipTuning().patch(freeu(base), rho_bottom, 1.0)[0] if order == "skip_tuning_first"
-                   else freeu(nodes.SkipTuning().patch(base, rho_bottom, 1.0)[0]))
+    other_order = (comfy_nodes.SkipTuning.execute(freeu(base), rho_bottom, 1.0)[0] if order == "skip_tuning_first"
+                   else freeu(comfy_nodes.SkipTuning.execute(base, rho_bottom, 1.0)[0]))
     torch.testing.assert_close(stacked, ch.sample(other_order, steps=STEPS), rtol=1e-3, atol=1e-3)
 
 
-def test_two_skip_tuning_nodes_multiply(tiny, nodes):
+def test_two_skip_tuning_nodes_multiply(tiny, comfy_nodes):
     model, before, after = probed(
         tiny("koala"),
-        lambda m: nodes.SkipTuning().patch(nodes.SkipTuning().patch(m, 0.5, 1.0)[0], 0.8, 0.8)[0])
+        lambda m: comfy_nodes.SkipTuning.execute(comfy_nodes.SkipTuning.execute(m, 0.5, 1.0)[0], 0.8, 0.8)[0])
     ch.sample(model, steps=2)
     for b, a in pairs(before, after):
         rho = expected_rho(6, 0.5, 1.0, b["block"])
         assert torch.equal(a["hsp"], (b["hsp"] * rho) * 0.8)
 
 
-def test_sampling_window_switches_at_the_expected_steps(tiny, nodes):
+def test_sampling_window_switches_at_the_expected_steps(tiny, comfy_nodes):
     base = tiny("koala")
     steps, start, end, rho = 8, 0.3, 0.7, 0.5
     sampling = base.get_model_object("model_sampling")
@@ -183,7 +183,7 @@ def test_sampling_window_switches_at_the_expected_steps(tiny, nodes):
     assert any(expected_on) and not all(expected_on), expected_on
 
     model, before, after = probed(
-        base, lambda m: nodes.SkipTuningAdvanced().patch(m, rho, rho, start, end, "", True)[0])
+        base, lambda m: comfy_nodes.SkipTuningAdvanced.execute(m, rho, rho, start, end, "", True)[0])
     ch.sample(model, steps=steps, scheduler="simple")
     seen = {}
     for b, a in pairs(before, after):
@@ -198,17 +198,17 @@ def test_sampling_window_switches_at_the_expected_steps(tiny, nodes):
 
     # The whole run: no gate, every step tuned.
     model, before, after = probed(
-        base, lambda m: nodes.SkipTuningAdvanced().patch(m, rho, rho, 0.0, 1.0, "", True)[0])
+        base, lambda m: comfy_nodes.SkipTuningAdvanced.execute(m, rho, rho, 0.0, 1.0, "", True)[0])
     ch.sample(model, steps=steps)
     assert all(torch.equal(a["hsp"], b["hsp"] * rho) for b, a in pairs(before, after))
 
 
-def test_bf16_model_keeps_its_dtype(tiny, nodes):
+def test_bf16_model_keeps_its_dtype(tiny, comfy_nodes):
     base = tiny("sd1", torch.bfloat16)
     assert base.model.get_dtype() == torch.bfloat16
     n = 12
     model, before, after = probed(
-        base, lambda m: nodes.SkipTuningAdvanced().patch(m, 0.7, 1.0, 0.0, 0.6, "", True)[0])
+        base, lambda m: comfy_nodes.SkipTuningAdvanced.execute(m, 0.7, 1.0, 0.0, 0.6, "", True)[0])
     out = ch.sample(model, steps=STEPS)
     assert out.isfinite().all()
     sampling = base.get_model_object("model_sampling")
@@ -224,25 +224,25 @@ def test_bf16_model_keeps_its_dtype(tiny, nodes):
             inactive_seen = True
             assert torch.equal(a["hsp"], b["hsp"])
     assert active_seen and inactive_seen
-    assert torch.equal(ch.sample(nodes.SkipTuning().patch(base, 1.0, 1.0)[0], steps=2), ch.sample(base, steps=2))
+    assert torch.equal(ch.sample(comfy_nodes.SkipTuning.execute(base, 1.0, 1.0)[0], steps=2), ch.sample(base, steps=2))
 
 
-def test_model_without_long_skips_passes_through(tiny, nodes, caplog):
+def test_model_without_long_skips_passes_through(tiny, caplog, comfy_nodes):
     import comfy.supported_models
 
     if not hasattr(comfy.supported_models, "Flux"):
         pytest.skip("this ComfyUI predates Flux (2024-08)")
     base = tiny("flux")
     with caplog.at_level(logging.WARNING, logger="skip_tuning"):
-        result = nodes.SkipTuning().patch(base, 0.7, 1.0)[0]
-        advanced = nodes.SkipTuningAdvanced().patch(base, 0.7, 1.0, 0.2, 0.8, "0.5, 1", False)[0]
+        result = comfy_nodes.SkipTuning.execute(base, 0.7, 1.0)[0]
+        advanced = comfy_nodes.SkipTuningAdvanced.execute(base, 0.7, 1.0, 0.2, 0.8, "0.5, 1", False)[0]
     assert result is base and advanced is base
     messages = [record.getMessage() for record in caplog.records if "Skip Tuning" in record.getMessage()]
     assert len(messages) == 2 and all("Flux" in message and "unchanged" in message for message in messages)
     out = ch.sample(result, steps=2, channels=16)
     assert out.shape == (1, 16, 8, 8) and out.isfinite().all()
     with pytest.raises(ValueError, match="rho_bottom must be finite"):
-        nodes.SkipTuning().patch(base, float("nan"), 1.0)
+        comfy_nodes.SkipTuning.execute(base, float("nan"), 1.0)
 
 
 # --- ControlNet ----------------------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def residual_control(skip_shapes, seed=5):
     return ResidualControl(), per_entry
 
 
-def test_controlnet_residual_scaled_or_kept(tiny, nodes, monkeypatch, caplog):
+def test_controlnet_residual_scaled_or_kept(tiny, nodes, monkeypatch, caplog, comfy_nodes):
     base = tiny("koala")
     n, rho = 6, 0.5
     probe_model, records = ch.skip_probe(base)
@@ -289,7 +289,8 @@ def test_controlnet_residual_scaled_or_kept(tiny, nodes, monkeypatch, caplog):
         torch.testing.assert_close(c["hsp"] - p["hsp"], residual_of_block[p["block"]].expand_as(p["hsp"]))
 
     # scale_controlnet on: skip + residual scaled together.
-    model, before, after = probed(base, lambda m: nodes.SkipTuningAdvanced().patch(m, rho, rho, 0, 1, "", True)[0])
+    model, before, after = probed(
+        base, lambda m: comfy_nodes.SkipTuningAdvanced.execute(m, rho, rho, 0, 1, "", True)[0])
     ch.sample(model, *conds(), steps=STEPS)
     for b, a in pairs(before, after):
         assert torch.equal(a["hsp"], b["hsp"] * rho)
@@ -297,7 +298,7 @@ def test_controlnet_residual_scaled_or_kept(tiny, nodes, monkeypatch, caplog):
     if nodes.model_wrapper_type(base, "DIFFUSION_MODEL") is not None:
         # scale_controlnet off: rho * skip + residual.
         model, before, after = probed(
-            base, lambda m: nodes.SkipTuningAdvanced().patch(m, rho, rho, 0, 1, "", False)[0])
+            base, lambda m: comfy_nodes.SkipTuningAdvanced.execute(m, rho, rho, 0, 1, "", False)[0])
         ch.sample(model, *conds(), steps=STEPS)
         for b, a in pairs(before, after):
             residual = residual_of_block[b["block"]].expand_as(b["hsp"])
@@ -309,7 +310,7 @@ def test_controlnet_residual_scaled_or_kept(tiny, nodes, monkeypatch, caplog):
     # A ComfyUI without model wrappers: warn, and scale the residual with the skip.
     with caplog.at_level(logging.WARNING, logger="skip_tuning"):
         model, before, after = probed(
-            base, lambda m: nodes.SkipTuningAdvanced().patch(m, rho, rho, 0, 1, "", False)[0])
+            base, lambda m: comfy_nodes.SkipTuningAdvanced.execute(m, rho, rho, 0, 1, "", False)[0])
     assert any("scale_controlnet=false is not available" in r.getMessage() for r in caplog.records)
     ch.sample(model, *conds(), steps=2)
     for b, a in pairs(before, after):

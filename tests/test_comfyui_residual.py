@@ -19,11 +19,6 @@ SD3_DEPTH = 3
 
 
 @pytest.fixture(scope="module")
-def residual(skip_tuning_pack):
-    return skip_tuning_pack.skip_tuning_residual
-
-
-@pytest.fixture(scope="module")
 def models(comfy):
     cache = {}
 
@@ -70,11 +65,11 @@ KINDS = ["flux", "sd3"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_rho_one_is_bit_identical_and_the_base_model_is_untouched(residual, models, kind):
+def test_rho_one_is_bit_identical_and_the_base_model_is_untouched(models, kind, comfy_nodes):
     model = models(kind)
     options_before = repr(model.model_options)
     plain = run(kind, model)
-    tuned_model = residual.ResidualTuning().patch(model, 1.0, 1.0, 0.0, 0.0, 1.0)[0]
+    tuned_model = comfy_nodes.ResidualTuning.execute(model, 1.0, 1.0, 0.0, 0.0, 1.0)[0]
     assert tuned_model is not model
     assert torch.equal(run(kind, tuned_model), plain)
     assert repr(model.model_options) == options_before
@@ -82,11 +77,11 @@ def test_rho_one_is_bit_identical_and_the_base_model_is_untouched(residual, mode
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_each_block_identity_path_is_scaled_by_its_rho(residual, models, kind):
+def test_each_block_identity_path_is_scaled_by_its_rho(models, kind, comfy_nodes):
     keys = block_keys(kind)
     log = {}
     probed = with_probes(models(kind), keys, log)
-    tuned = residual.ResidualTuning().patch(probed, 0.8, 1.1, 0.0, 0.0, 1.0)[0]
+    tuned = comfy_nodes.ResidualTuning.execute(probed, 0.8, 1.1, 0.0, 0.0, 1.0)[0]
     run(kind, tuned, steps=2)
     n = len(keys)
     rhos = [0.8 + 0.3 * i / (n - 1) for i in range(n)]
@@ -103,11 +98,11 @@ def test_each_block_identity_path_is_scaled_by_its_rho(residual, models, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_start_depth_leaves_the_first_blocks_alone(residual, models, kind):
+def test_start_depth_leaves_the_first_blocks_alone(models, kind, comfy_nodes):
     keys = block_keys(kind)
     log = {}
     probed = with_probes(models(kind), keys, log)
-    tuned = residual.ResidualTuning().patch(probed, 0.5, 0.5, 0.5, 0.0, 1.0)[0]
+    tuned = comfy_nodes.ResidualTuning.execute(probed, 0.5, 0.5, 0.5, 0.0, 1.0)[0]
     run(kind, tuned, steps=1)
     first_tuned = int(0.5 * len(keys))
     (x0, untuned0), = log[keys[0]][:1]
@@ -116,7 +111,7 @@ def test_start_depth_leaves_the_first_blocks_alone(residual, models, kind):
 
 
 @pytest.mark.parametrize("order", ["before", "after"])
-def test_a_foreign_patch_on_the_same_block_keeps_working(residual, models, order):
+def test_a_foreign_patch_on_the_same_block_keeps_working(models, order, comfy_nodes):
     model = models("flux")
     calls = []
 
@@ -127,41 +122,41 @@ def test_a_foreign_patch_on_the_same_block_keeps_working(residual, models, order
     if order == "before":
         base = model.clone()
         base.set_model_patch_replace(foreign, "dit", "double_block", 0)
-        tuned = residual.ResidualTuning().patch(base, 0.9, 1.0, 0.0, 0.0, 1.0)[0]
+        tuned = comfy_nodes.ResidualTuning.execute(base, 0.9, 1.0, 0.0, 0.0, 1.0)[0]
     else:
-        tuned = residual.ResidualTuning().patch(model, 0.9, 1.0, 0.0, 0.0, 1.0)[0].clone()
+        tuned = comfy_nodes.ResidualTuning.execute(model, 0.9, 1.0, 0.0, 0.0, 1.0)[0].clone()
         tuned.set_model_patch_replace(foreign, "dit", "double_block", 0)
     tuned_out = run("flux", tuned)
     assert calls, "the foreign patch was dropped"
     assert not torch.equal(tuned_out, run("flux", model))
 
 
-def test_the_window_tunes_only_part_of_sampling(residual, models):
+def test_the_window_tunes_only_part_of_sampling(models, comfy_nodes):
     model = models("flux")
-    node = residual.ResidualTuning()
+    node = comfy_nodes.ResidualTuning
     plain = run("flux", model, steps=4)
-    full = run("flux", node.patch(model, 0.8, 1.0, 0.0, 0.0, 1.0)[0], steps=4)
-    half = run("flux", node.patch(model, 0.8, 1.0, 0.0, 0.0, 0.5)[0], steps=4)
+    full = run("flux", node.execute(model, 0.8, 1.0, 0.0, 0.0, 1.0)[0], steps=4)
+    half = run("flux", node.execute(model, 0.8, 1.0, 0.0, 0.0, 0.5)[0], steps=4)
     assert not torch.equal(half, plain) and not torch.equal(half, full)
 
 
-def test_bf16_models_sample_in_bf16(residual, models):
+def test_bf16_models_sample_in_bf16(models, comfy_nodes):
     model = models("flux", torch.bfloat16)
     log = {}
     probed = with_probes(model, [("double_block", 0)], log)
-    run("flux", residual.ResidualTuning().patch(probed, 0.9, 1.0, 0.0, 0.0, 1.0)[0], steps=1)
+    run("flux", comfy_nodes.ResidualTuning.execute(probed, 0.9, 1.0, 0.0, 0.0, 1.0)[0], steps=1)
     assert log[("double_block", 0)][0][0].dtype == torch.bfloat16
 
 
-def test_models_without_a_known_dit_layout_pass_through_with_a_warning(residual, models, caplog):
+def test_models_without_a_known_dit_layout_pass_through_with_a_warning(models, caplog, comfy_nodes):
     model = models("unet")
     with caplog.at_level(logging.WARNING, logger="skip_tuning"):
-        assert residual.ResidualTuning().patch(model, 0.9, 1.0, 0.0, 0.0, 1.0)[0] is model
+        assert comfy_nodes.ResidualTuning.execute(model, 0.9, 1.0, 0.0, 0.0, 1.0)[0] is model
     assert "not a supported DiT" in caplog.text
 
 
 @pytest.mark.parametrize("values", [(2.5, 1.0, 0.0), (0.9, math.nan, 0.0), (0.9, 1.0, 1.0), (0.9, 1.0, "x"),
                                     (0.9, 1.0, -0.1)])
-def test_bad_values_are_refused_before_sampling(residual, models, values):
+def test_bad_values_are_refused_before_sampling(models, values, comfy_nodes):
     with pytest.raises(ValueError):
-        residual.ResidualTuning().patch(models("flux"), *values, 0.0, 1.0)
+        comfy_nodes.ResidualTuning.execute(models("flux"), *values, 0.0, 1.0)

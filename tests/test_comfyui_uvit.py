@@ -68,9 +68,9 @@ def test_layout_reads_the_skip_count_and_the_consuming_blocks(kind, tiny, skip_t
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_each_skip_reaches_its_block_scaled_by_its_rho(kind, tiny, nodes):
+def test_each_skip_reaches_its_block_scaled_by_its_rho(kind, tiny, comfy_nodes):
     n = ch.TINY_UVIT_SKIPS[kind]
-    tuned = nodes.SkipTuning().patch(tiny(kind), 0.6, 1.3)[0]
+    tuned = comfy_nodes.SkipTuning.execute(tiny(kind), 0.6, 1.3)[0]
     with ch.uvit_skip_probe(tuned) as calls:
         run(kind, tuned)
     assert len(calls) == STEPS
@@ -86,7 +86,7 @@ def test_each_skip_reaches_its_block_scaled_by_its_rho(kind, tiny, nodes):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_rho_one_is_bit_identical_and_the_base_model_is_untouched(kind, tiny, nodes):
+def test_rho_one_is_bit_identical_and_the_base_model_is_untouched(kind, tiny, comfy_nodes):
     base = tiny(kind)
     options_before = repr(base.model_options)
     wrappers_before = repr(base.wrappers)
@@ -95,8 +95,8 @@ def test_rho_one_is_bit_identical_and_the_base_model_is_untouched(kind, tiny, no
         run(kind, base, steps=1)
     assert all(torch.equal(p, r) for call in calls for p, r in call.values()), "the probe sees plain skips"
 
-    neutral = nodes.SkipTuningAdvanced().patch(base, 1.0, 1.0, 0.2, 0.8, "", False)[0]
-    tuned = nodes.SkipTuning().patch(base, 0.7, 1.0)[0]
+    neutral = comfy_nodes.SkipTuningAdvanced.execute(base, 1.0, 1.0, 0.2, 0.8, "", False)[0]
+    tuned = comfy_nodes.SkipTuning.execute(base, 0.7, 1.0)[0]
     assert neutral is not base and tuned is not base
     assert torch.equal(run(kind, neutral), reference)
     tuned_sample = run(kind, tuned)
@@ -109,16 +109,16 @@ def test_rho_one_is_bit_identical_and_the_base_model_is_untouched(kind, tiny, no
 
 
 @pytest.mark.parametrize("order", ["foreign_first", "skip_tuning_first"])
-def test_chains_with_a_foreign_replace_patch_on_the_same_block(order, tiny, nodes):
+def test_chains_with_a_foreign_replace_patch_on_the_same_block(order, tiny, comfy_nodes):
     base = tiny("hunyuan_dit")
     key = ("double_block", 21)  # the block that consumes the deepest skip
     log = []
     if order == "foreign_first":
         model = base.clone()
         model.set_model_patch_replace(foreign_patch(log, "foreign"), "dit", "double_block", 21)
-        model = nodes.SkipTuning().patch(model, 0.5, 1.0)[0]
+        model = comfy_nodes.SkipTuning.execute(model, 0.5, 1.0)[0]
     else:
-        model = nodes.SkipTuning().patch(base, 0.5, 1.0)[0].clone()
+        model = comfy_nodes.SkipTuning.execute(base, 0.5, 1.0)[0].clone()
         model.set_model_patch_replace(foreign_patch(log, "foreign"), "dit", "double_block", 21)
     assert key in model.model_options["transformer_options"]["patches_replace"]["dit"]
     with ch.uvit_skip_probe(model) as calls:
@@ -132,8 +132,9 @@ def test_chains_with_a_foreign_replace_patch_on_the_same_block(order, tiny, node
             assert torch.equal(received, pushed * expected_rho(19, 0.5, 1.0, index))
 
 
-def test_two_skip_tuning_nodes_multiply(tiny, nodes):
-    model = nodes.SkipTuning().patch(nodes.SkipTuning().patch(tiny("hunyuan3d_2_1"), 0.5, 1.0)[0], 0.8, 0.8)[0]
+def test_two_skip_tuning_nodes_multiply(tiny, comfy_nodes):
+    once = comfy_nodes.SkipTuning.execute(tiny("hunyuan3d_2_1"), 0.5, 1.0)[0]
+    model = comfy_nodes.SkipTuning.execute(once, 0.8, 0.8)[0]
     with ch.uvit_skip_probe(model) as calls:
         run("hunyuan3d_2_1", model, steps=2)
     for call in calls:
@@ -144,7 +145,7 @@ def test_two_skip_tuning_nodes_multiply(tiny, nodes):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_sampling_window_switches_at_the_expected_steps(kind, tiny, nodes):
+def test_sampling_window_switches_at_the_expected_steps(kind, tiny, comfy_nodes):
     import comfy.samplers
 
     base = tiny(kind)
@@ -155,7 +156,7 @@ def test_sampling_window_switches_at_the_expected_steps(kind, tiny, nodes):
     expected_on = [sigma_low <= sigma <= sigma_high for sigma in sigmas]
     assert any(expected_on) and not all(expected_on), expected_on
 
-    model = nodes.SkipTuningAdvanced().patch(base, rho, rho, start, end, "", True)[0]
+    model = comfy_nodes.SkipTuningAdvanced.execute(base, rho, rho, start, end, "", True)[0]
     with ch.uvit_skip_probe(model) as calls:
         run(kind, model, steps=steps)
     assert len(calls) == steps  # Euler: one model call per step, cond and uncond batched
@@ -171,24 +172,24 @@ def test_sampling_window_switches_at_the_expected_steps(kind, tiny, nodes):
         (k, round(sigma, 4), flag) for k, (sigma, flag) in enumerate(zip(sigmas, observed_on))]
 
 
-def test_rho_per_skip_uses_the_models_count(tiny, nodes):
+def test_rho_per_skip_uses_the_models_count(tiny, comfy_nodes):
     factors = [round(0.5 + 0.05 * i, 2) for i in range(10)]
-    model = nodes.SkipTuningAdvanced().patch(tiny("hunyuan3d_2_1"), 0.8, 1.0, 0.0, 1.0,
+    model = comfy_nodes.SkipTuningAdvanced.execute(tiny("hunyuan3d_2_1"), 0.8, 1.0, 0.0, 1.0,
                                               ", ".join(map(str, factors)), True)[0]
     with ch.uvit_skip_probe(model) as calls:
         run("hunyuan3d_2_1", model, steps=1)
     for index, (pushed, received) in calls[0].items():
         assert torch.equal(received, pushed * factors[index])
     with pytest.raises(ValueError, match="this model has 19 long skips; give 19 values"):
-        nodes.SkipTuningAdvanced().patch(tiny("hunyuan_dit"), 0.8, 1.0, 0.0, 1.0, ", ".join(["1"] * 12), True)
+        comfy_nodes.SkipTuningAdvanced.execute(tiny("hunyuan_dit"), 0.8, 1.0, 0.0, 1.0, ", ".join(["1"] * 12), True)
     with pytest.raises(ValueError, match="this model has 10 long skips; give 10 values"):
-        nodes.SkipTuningAdvanced().patch(tiny("hunyuan3d_2_1"), 0.8, 1.0, 0.0, 1.0, "1, 1, 1", True)
+        comfy_nodes.SkipTuningAdvanced.execute(tiny("hunyuan3d_2_1"), 0.8, 1.0, 0.0, 1.0, "1, 1, 1", True)
 
 
-def test_bf16_model_keeps_its_dtype(tiny, nodes):
+def test_bf16_model_keeps_its_dtype(tiny, comfy_nodes):
     base = tiny("hunyuan_dit", torch.bfloat16)
     assert base.model.get_dtype() == torch.bfloat16
-    model = nodes.SkipTuning().patch(base, 0.7, 1.0)[0]
+    model = comfy_nodes.SkipTuning.execute(base, 0.7, 1.0)[0]
     with ch.uvit_skip_probe(model) as calls:
         out = run("hunyuan_dit", model, steps=2)
     assert out.isfinite().all()
@@ -198,7 +199,7 @@ def test_bf16_model_keeps_its_dtype(tiny, nodes):
             assert torch.equal(received, pushed * expected_rho(19, 0.7, 1.0, index))
 
 
-def test_controlnet_residual_scaled_or_kept(tiny, nodes):
+def test_controlnet_residual_scaled_or_kept(tiny, comfy_nodes):
     """HunyuanDiT adds ControlNet's residual to the skip before the block: scaled with it, or kept whole."""
     base = tiny("hunyuan_dit")
     residuals = [torch.full((2, 16, 32), 0.25 * (k + 1)) for k in range(19)]
@@ -213,7 +214,7 @@ def test_controlnet_residual_scaled_or_kept(tiny, nodes):
         return model
 
     for scale_controlnet in (True, False):
-        model = nodes.SkipTuningAdvanced().patch(with_control(base), 0.5, 0.5, 0.0, 1.0, "", scale_controlnet)[0]
+        model = comfy_nodes.SkipTuningAdvanced.execute(with_control(base), 0.5, 0.5, 0.0, 1.0, "", scale_controlnet)[0]
         with ch.uvit_skip_probe(model) as calls:
             run("hunyuan_dit", model, steps=1)
         for index, (pushed, received) in calls[0].items():
@@ -228,16 +229,16 @@ def test_compare_node_reads_the_uvit_skip_count(tiny, skip_tuning_pack):
     assert skip_tuning_pack.skip_tuning_compare.check_model(tiny("hunyuan3d_2_1")) == 10
 
 
-def test_log_names_the_architecture(tiny, nodes, caplog):
+def test_log_names_the_architecture(tiny, caplog, comfy_nodes):
     with caplog.at_level(logging.INFO, logger="skip_tuning"):
-        nodes.SkipTuning().patch(tiny("hunyuan_dit"), 0.8, 1.0)
+        comfy_nodes.SkipTuning.execute(tiny("hunyuan_dit"), 0.8, 1.0)
     assert "(HunyuanDiT), 19 long skips" in caplog.text
 
 
-def test_without_model_wrappers_the_uvit_passes_through_with_a_warning(tiny, nodes, monkeypatch, caplog):
+def test_without_model_wrappers_the_uvit_passes_through_with_a_warning(tiny, nodes, monkeypatch, caplog, comfy_nodes):
     """A ComfyUI from before model wrappers (2024-12): nothing can reach the skips per call."""
     monkeypatch.setattr(nodes, "model_wrapper_type", lambda model, name: None)
     base = tiny("hunyuan_dit")
     with caplog.at_level(logging.WARNING, logger="skip_tuning"):
-        assert nodes.SkipTuning().patch(base, 0.7, 1.0)[0] is base
+        assert comfy_nodes.SkipTuning.execute(base, 0.7, 1.0)[0] is base
     assert "no model wrappers, which HunyuanDiT needs" in caplog.text

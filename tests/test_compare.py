@@ -4,7 +4,7 @@ The parsing and grid tests need only torch and Pillow. The sampling tests run th
 on a tiny seeded U-Net inside ComfyUI (skipped without a checkout) and check it against
 ComfyUI's own sampler: the rho_bottom = 1 row is plain sampling, the other rows are what
 sampling the Skip Tuning node's model gives, the difference grid compares each cell with
-the untuned one, progress covers the sweep, cancel stops it.
+the untuned one, progress covers the sweep, cancel stops it within a step.
 The same node run through a real server's /prompt is in test_frontend.py.
 """
 
@@ -51,14 +51,19 @@ def test_rejects_malformed_lists_with_a_clear_message(compare, steps, rhos, mess
     with pytest.raises(compare.SkipTuningError, match=None) as caught:
         compare.parse_sweep(steps, rhos)
     assert message in str(caught.value)
-    # The same message reaches the user at /prompt time, before anything runs.
-    assert message in compare.SkipTuningCompare.VALIDATE_INPUTS(steps_list=steps, rho_bottom_list=rhos)
+    # The same check runs at /prompt time, before anything runs (the node's validate_inputs).
+    with pytest.raises(compare.SkipTuningError) as caught:
+        compare.check_sweep_inputs(steps_list=steps, rho_bottom_list=rhos)
+    assert message in str(caught.value)
 
 
 def test_validation_leaves_linked_lists_to_run_time(compare):
-    assert compare.SkipTuningCompare.VALIDATE_INPUTS(steps_list=None, rho_bottom_list=None) is True
-    assert compare.SkipTuningCompare.VALIDATE_INPUTS(steps_list="4, 8") is True
-    assert "not a whole number" in compare.SkipTuningCompare.VALIDATE_INPUTS(steps_list="four")
+    compare.check_sweep_inputs(steps_list=None, rho_bottom_list=None, rho_top=None)
+    compare.check_sweep_inputs(steps_list="4, 8")
+    with pytest.raises(compare.SkipTuningError, match="not a whole number"):
+        compare.check_sweep_inputs(steps_list="four")
+    with pytest.raises(compare.SkipTuningError, match="rho_top must be finite"):
+        compare.check_sweep_inputs(rho_top=float("nan"))
 
 
 # -- the grid -----------------------------------------------------------------------------------
@@ -146,11 +151,13 @@ def tiny(comfy):
     }
 
 
-def _run(compare, tiny, steps_list, rho_bottom_list, rho_top=1.0, seed=5, cfg=2.0):
-    node = compare.SkipTuningCompare()
+def _run(node, tiny, steps_list, rho_bottom_list, rho_top=1.0, seed=5, cfg=2.0, model=None):
+    """The node as ComfyUI runs it (``execute``, under inference mode); its three outputs."""
     with torch.inference_mode():
-        return node.compare(tiny["model"], tiny["positive"], tiny["negative"], tiny["latent"], tiny["vae"], seed,
-                            "euler", "normal", cfg, steps_list, rho_bottom_list, rho_top)
+        output = node.execute(tiny["model"] if model is None else model, tiny["positive"], tiny["negative"],
+                              tiny["latent"], tiny["vae"], seed, "euler", "normal", cfg, steps_list, rho_bottom_list,
+                              rho_top)
+    return output.result
 
 
 def _reference(tiny, model, steps, seed=5, cfg=2.0):
@@ -187,8 +194,13 @@ def progress_hook(comfy):
         comfy.utils.set_progress_bar_global_hook(previous)
 
 
-def test_sweep_matches_comfyui_sampling_with_and_without_skip_tuning(compare, tiny, progress_hook):
-    grid, images, differences = _run(compare, tiny, "1, 2", "1.0, 0.5")
+@pytest.fixture(scope="module")
+def node(comfy_nodes):
+    return comfy_nodes.SkipTuningCompare
+
+
+def test_sweep_matches_comfyui_sampling_with_and_without_skip_tuning(compare, node, tiny, progress_hook):
+    grid, images, differences = _run(node, tiny, "1, 2", "1.0, 0.5")
 
     assert images.shape == (4, 64, 64, 3)  # row-major: (1.0, 1), (1.0, 2), (0.5, 1), (0.5, 2)
     rows = [compare.rho_label(1.0, 1.0), compare.rho_label(0.5, 1.0)]
@@ -200,7 +212,7 @@ def test_sweep_matches_comfyui_sampling_with_and_without_skip_tuning(compare, ti
     assert torch.equal(images[0], _reference(tiny, tiny["model"], 1)[0])
     assert torch.equal(images[1], _reference(tiny, tiny["model"], 2)[0])
     # rho_bottom 0.5: exactly what sampling the Skip Tuning node's model gives.
-    tuned = comfy_helpers.load_pack().skip_tuning_nodes.SkipTuning().patch(tiny["model"], 0.5, 1.0)[0]
+    tuned = compare.apply_skip_tuning(tiny["model"], 0.5, 1.0)
     assert torch.equal(images[3], _reference(tiny, tuned, 2)[0])
     assert not torch.equal(images[1], images[3])
 
@@ -221,8 +233,8 @@ def test_sweep_matches_comfyui_sampling_with_and_without_skip_tuning(compare, ti
         assert torch.allclose(differences[0, y + 32:y + 64, x:x + 64], expected[32:], atol=0.5 / 255 + 1e-6)
 
 
-def test_differences_without_a_plain_row_sample_the_untuned_model(compare, tiny, progress_hook):
-    grid, images, differences = _run(compare, tiny, "2", "0.5, 0.0")
+def test_differences_without_a_plain_row_sample_the_untuned_model(compare, node, tiny, progress_hook):
+    grid, images, differences = _run(node, tiny, "2", "0.5, 0.0")
 
     assert images.shape == (2, 64, 64, 3)  # only the requested rows
     assert differences.shape == grid.shape
@@ -237,23 +249,30 @@ def test_differences_without_a_plain_row_sample_the_untuned_model(compare, tiny,
     assert {total for _, total in progress_hook.calls} == {6}
 
 
-def test_cancel_stops_the_sweep_within_a_step(compare, tiny, progress_hook):
+def test_cancel_stops_the_sweep_within_a_step(node, tiny):
+    """ComfyUI's Cancel (its interrupt flag) set during the third model call of a 24-step sweep: no fourth
+    call starts. (The server-side version, POST /interrupt, is in test_comfyui_server.py.)"""
     import comfy.model_management
 
-    def cancel_at_third_step(value, total):
-        if value == 3:
-            comfy.model_management.interrupt_current_processing(True)
+    calls = []
 
-    progress_hook.on_update = cancel_at_third_step
+    def counting(apply_model, args):
+        calls.append(float(args["timestep"].reshape(-1)[0]))
+        if len(calls) == 3:
+            comfy.model_management.interrupt_current_processing(True)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model = tiny["model"].clone()
+    model.set_model_unet_function_wrapper(counting)
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
-            _run(compare, tiny, "4, 4", "1.0, 0.5, 0.0", seed=6)
+            _run(node, tiny, "4, 4", "1.0, 0.5, 0.0", seed=6, model=model)
     finally:
         comfy.model_management.interrupt_current_processing(False)
-    assert max(value for value, _ in progress_hook.calls) <= 4, progress_hook.calls  # of 24 steps
+    assert len(calls) == 3, calls
 
 
-def test_bad_input_fails_before_any_sampling(compare, tiny, monkeypatch):
+def test_bad_input_fails_before_any_sampling(compare, node, tiny, monkeypatch):
     import comfy.sample
 
     def no_sampling(*args, **kwargs):
@@ -261,11 +280,8 @@ def test_bad_input_fails_before_any_sampling(compare, tiny, monkeypatch):
 
     monkeypatch.setattr(comfy.sample, "sample", no_sampling)
     with pytest.raises(compare.SkipTuningError, match="steps_list"):
-        _run(compare, tiny, "4, eight", "1.0")
+        _run(node, tiny, "4, eight", "1.0")
     with pytest.raises(compare.SkipTuningError, match="rho_top"):
-        _run(compare, tiny, "4", "1.0", rho_top=3.0)
-    flux = comfy_helpers.build_tiny_flux()
+        _run(node, tiny, "4", "1.0", rho_top=3.0)
     with pytest.raises(compare.SkipTuningError, match="no long skips|has none"):
-        node = compare.SkipTuningCompare()
-        node.compare(flux, tiny["positive"], tiny["negative"], tiny["latent"], tiny["vae"], 0, "euler", "normal",
-                     1.0, "4", "1.0, 0.8", 1.0)
+        _run(node, tiny, "4", "1.0, 0.8", model=comfy_helpers.build_tiny_flux())

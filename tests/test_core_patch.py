@@ -131,6 +131,87 @@ def test_sigma_changes_do_not_recompile_under_torch_compile():
     dynamo.reset()
 
 
+
+def drop_transformer_options_guards(guard_entries):
+    """The guard filter ComfyUI's TorchCompileModel passes since PR #11317 (December 2025)."""
+    return [("transformer_options" not in entry.name) for entry in guard_entries]
+
+
+def compile_counted(function, guard_filter=None):
+    dynamo = pytest.importorskip("torch._dynamo")
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()  # runs each graph as traced: the same kernels as eager, so bit-comparable
+    dynamo.reset()
+    options = {"guard_filter_fn": guard_filter} if guard_filter else None
+    return torch.compile(function, backend=counter, options=options), counter
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_traced_as_its_own_frame_each_block_keeps_its_factor_with_guards_dropped(dtype):
+    # ComfyUI's U-Net forward falls back to eager after a graph break (CPU attention, for one), and dynamo
+    # then compiles the patch as a frame of its own: same shapes, another block index. Dropping the guard on
+    # the index replayed block 0's factor for the others.
+    rhos = rho_schedule(6, 0.5, 1.0)
+    patch = make_output_block_patch(rhos, sigma_range=(1.0, 6.0))
+    compiled, counter = compile_counted(patch, drop_transformer_options_guards)
+    h, hsp = tensors(dtype=dtype)
+    for sigma in (8.0, 3.0):
+        for i in range(6):
+            _, out = compiled(h, hsp, options(i, sigma=sigma))
+            assert out.dtype == dtype
+            assert torch.equal(out, hsp * rhos[i] if sigma <= 6.0 else hsp), (i, sigma)
+    assert counter.frame_count <= 6  # at most one graph per block index, none per sigma
+    torch._dynamo.reset()
+
+
+def unet_like(h, hsp, transformer_options):
+    """What ComfyUI's U-Net does around the patch, as dynamo inlines it into one graph."""
+    outputs = []
+    for index in range(3):
+        transformer_options["block"] = ("output", index)
+        skip = hsp
+        for patch in transformer_options["patches"]["output_block_patch"]:
+            _, skip = patch(h, skip, transformer_options)
+        outputs.append(torch.cat([h, skip], dim=1))
+    return torch.stack(outputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_graph_serves_every_factor_and_window_with_guards_dropped(dtype):
+    # A second Skip Tuning node (new factors, a window, rho 1 at the top) reuses the graph traced for the
+    # first: with its guards dropped, nothing it reads through transformer_options may be frozen in it.
+    compiled, counter = compile_counted(unet_like, drop_transformer_options_guards)
+    h, hsp = tensors(dtype=dtype)
+    models = [
+        make_output_block_patch((0.5, 0.7, 0.9)),
+        make_output_block_patch((1.2, 0.8, 1.0), sigma_range=(1.0, 6.0)),
+        make_output_block_patch((1.0, 1.0, 1.0)),
+        make_output_block_patch((0.6, 0.6, 0.6), sigma_range=(0.0, 2.0)),
+    ]
+    for patch in models:
+        for sigma in (8.0, 3.0, 1.5):
+            def transformer_options(patch=patch, sigma=sigma):
+                return {"patches": {"output_block_patch": [patch]}, "sigmas": torch.tensor([sigma])}
+
+            expected = unet_like(h, hsp, transformer_options())
+            assert torch.equal(compiled(h, hsp, transformer_options()), expected), sigma
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
+
+
+def test_traced_patch_keeps_the_control_residual_like_the_eager_one():
+    rho, n = 0.7, 3
+    patch = make_output_block_patch((rho,) * n, scale_control=False)
+    compiled, _ = compile_counted(patch)
+    residuals = [torch.full((2, 8, 4, 4), float(k + 1)) for k in range(n)]
+    for i in range(n):
+        h, hsp = tensors(i)
+        assert torch.equal(compiled(h, hsp, control_options(i, residuals))[1],
+                           patch(h, hsp, control_options(i, residuals))[1])
+    torch._dynamo.reset()
+
+
 # --- ControlNet ----------------------------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ def test_demo_writes_a_labelled_grid(tmp_path, capsys):
 
 
 def test_default_comparisons_are_the_measured_ones():
-    """Weaker skips unguided at 4 steps, stronger skips guided at more steps (README, Results)."""
+    """Weaker skips unguided at 4 steps, stronger skips guided at more steps (docs/results.md)."""
     from skip_tuning_demo import demo
 
     comparisons = demo.parse_args([]).compare

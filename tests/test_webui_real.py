@@ -17,169 +17,37 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
+from webui_real.harness import (
+    BAD_ARGS_ERROR,
+    BASE,
+    REQUEST_TIMEOUT,
+    TITLE,
+    Server,
+    Webuis,
+    configured_checkouts,
+    decode,
+)
 
-from sd_webui_script import REFINER_TUNED, REFINER_UNTUNED
 from skip_tuning_core.infotext import KEY_ENABLED, KEY_END, KEY_PASSES, KEY_RHO_BOTTOM, KEY_RHO_TOP, KEY_START
+from skip_tuning_webui.common import REFINER_TUNED, REFINER_UNTUNED
 
 PIL = pytest.importorskip("PIL.Image", reason="Pillow is needed to compare the webuis' images")
 
-CONFIG_FILE = "skip_tuning_webui.json"
-START_TIMEOUT = 600
-REQUEST_TIMEOUT = 600
-TITLE = "Skip Tuning"
-BAD_ARGS_ERROR = "Skip Tuning is off for this generation"
-
-
-def configured_checkouts() -> list[dict]:
-    checkouts = []
-    for path in filter(None, os.environ.get("SKIP_TUNING_WEBUI_PATHS", "").split(os.pathsep)):
-        config_file = Path(path) / CONFIG_FILE
-        if not config_file.is_file():
-            raise pytest.UsageError(f"SKIP_TUNING_WEBUI_PATHS: {config_file} is missing (run setup_webui.py)")
-        config = json.loads(config_file.read_text())
-        config["path"] = str(Path(path).resolve())
-        checkouts.append(config)
-    return checkouts
-
-
-CHECKOUTS = configured_checkouts()
+CHECKOUTS = configured_checkouts(sdnext=False)
 pytestmark = [
     pytest.mark.webui_real,
-    pytest.mark.skipif(not CHECKOUTS, reason="no real webui configured: set SKIP_TUNING_WEBUI_PATHS to checkouts "
-                                             "made by tests/webui_real/setup_webui.py"),
+    pytest.mark.skipif(not CHECKOUTS, reason="no real A1111/Forge/reForge configured: set SKIP_TUNING_WEBUI_PATHS to "
+                                             "checkouts made by tests/webui_real/setup_webui.py"),
 ]
 
-BASE = {
-    "prompt": "a photo of a cat", "negative_prompt": "", "seed": 1234, "steps": 2, "width": 64, "height": 64,
-    "cfg_scale": 1, "sampler_name": "Euler", "batch_size": 1, "n_iter": 1, "send_images": True, "save_images": False,
-}
 HIRES = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "hr_second_pass_steps": 1,
          "denoising_strength": 0.6, "hr_additional_modules": ["Use same choices"]}
 ON = [True, 0.8, 1.0]
 REFINER = "skip-tuning-random-sd15-refiner"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def decode(image_b64: str):
-    """RGB pixels of an API image (not the PNG's text chunks, which hold the infotext; reForge's
-    X/Y/Z cells come back as RGBA)."""
-    image = PIL.open(io.BytesIO(base64.b64decode(image_b64.split(",", 1)[-1]))).convert("RGB")
-    return image.mode, image.size, image.tobytes()
-
-
-class Server:
-    """One running webui: the process (its own process group), its port and its log."""
-
-    def __init__(self, config: dict, api_only: bool, log_path: Path):
-        self.config, self.api_only, self.log_path = config, api_only, log_path
-        self.port = free_port()
-        args = [config["python"], "launch.py", *config["args"], "--port", str(self.port),
-                "--nowebui" if api_only else "--api"]
-        env = {**os.environ, **config["env"], "PYTHONUNBUFFERED": "1"}
-        env.pop("SKIP_TUNING_WEBUI_PATHS", None)
-        self.log = open(log_path, "wb")
-        self.process = subprocess.Popen(args, cwd=config["path"], env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            self._wait_ready()
-            # reForge's live previews try to download a preview decoder: off for all, they are not tested here
-            self.request("/sdapi/v1/options", {"live_previews_enable": False})
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_ready(self):
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.config['name']} exited ({self.process.returncode}):\n{self.log_tail()}")
-            try:
-                if self.request("/sdapi/v1/sd-models", timeout=5)[0] == 200:  # the UI answers 404 before the API is up
-                    return
-            except (OSError, urllib.error.URLError):
-                pass
-            time.sleep(2)
-        raise RuntimeError(f"{self.config['name']} did not start in {START_TIMEOUT} s:\n{self.log_tail()}")
-
-    def stop(self):
-        if self.process.poll() is None:
-            for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 20)):
-                try:
-                    os.killpg(self.process.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.process.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        self.log.close()
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_text()[-chars:]
-
-    def request(self, path: str, payload=None, timeout: float = REQUEST_TIMEOUT):
-        """(status, decoded JSON) of GET (no payload) or POST."""
-        data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode(errors="replace")
-
-    def generate(self, args=None, endpoint="txt2img", **fields):
-        """The response of one generation; ``args`` are Skip Tuning's (positional list or dict)."""
-        payload = {**BASE, **fields}
-        if args is not None:
-            payload.setdefault("alwayson_scripts", {})[TITLE] = {"args": args if isinstance(args, list) else [args]}
-        status, body = self.request(f"/sdapi/v1/{endpoint}", payload)
-        assert status == 200, f"HTTP {status}: {body}\n{self.log_tail()}"
-        return body
-
-    def image(self, args=None, **fields):
-        return decode(self.generate(args, **fields)["images"][0])
-
-
-class Webuis:
-    """At most one webui process at a time (the machine is small); images cached by request."""
-
-    def __init__(self, log_dir: Path):
-        self.log_dir, self.server, self.images = log_dir, None, {}
-
-    def get(self, config: dict, api_only: bool) -> Server:
-        current = self.server
-        if current is not None and current.config is config and current.api_only == api_only:
-            return current
-        self.close()
-        mode = "nowebui" if api_only else "api"
-        self.server = Server(config, api_only, self.log_dir / f"{config['name']}-{mode}.log")
-        return self.server
-
-    def close(self):
-        if self.server is not None:
-            server, self.server = self.server, None
-            server.stop()
 
 
 @pytest.fixture(scope="module")

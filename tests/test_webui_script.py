@@ -26,6 +26,7 @@ import webui_stub  # noqa: E402
 from webui_stub import unets  # noqa: E402
 
 from skip_tuning_core import DEFAULT_RHO_BOTTOM, DEFAULT_RHO_TOP, rho_schedule, skip_channel_plan  # noqa: E402
+from skip_tuning_webui import a1111, common  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT_FILE = REPO / "scripts" / "skip_tuning.py"
@@ -115,7 +116,7 @@ def clean_state(webui):
     webui.sd_unet.current_unet = None
     yield
     webui.processing.step_callbacks.clear()
-    assert not webui.impl._LIVE_HOOKS, "hooks left attached"
+    assert not a1111._LIVE_HOOKS, "hooks left attached"
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +212,7 @@ def test_ui_has_no_side_effects(webui):
     after = (list(webui.callbacks.callbacks_before_ui), list(webui.callbacks.callbacks_infotext_pasted),
              [o.label for o in webui.xyz.axis_options], list(webui.scripts.scripts_data))
     assert after == before
-    assert webui.impl._LIVE_HOOKS == []
+    assert a1111._LIVE_HOOKS == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,7 +327,7 @@ def test_a1111_before_1_10_announces_a_tuned_refiner(webui, sd1, monkeypatch, ca
     p.refiner_checkpoint_info = object()
     with caplog.at_level(logging.WARNING, logger="skip_tuning"):
         webui.processing.process_images(p)
-    assert [r for r in caplog.records if webui.impl.REFINER_TUNED in r.getMessage()]
+    assert [r for r in caplog.records if common.REFINER_TUNED in r.getMessage()]
 
 
 def test_img2img_batches_reuse_the_sampler(webui, sd1):
@@ -396,7 +397,7 @@ def test_without_a_sampler_hooks_attach_at_once_and_postprocess_removes_them(web
 
 def test_leftovers_of_an_aborted_run_are_removed_by_the_next_generation(webui, sd1):
     p = webui.txt2img_p(sd1, True, 0.8, 0.9)
-    leftover = webui.impl._attach_hooks(p, webui.impl.params_from_args([True, 0.8, 0.9]))
+    leftover = a1111.attach_hooks(p, common.params_from_args([True, 0.8, 0.9]))
     assert leftover is not None and unets.hook_count(sd1) == 12
     webui.processing.process_images(webui.txt2img_p(sd1, False, steps=1))
     assert unets.hook_count(sd1) == 0

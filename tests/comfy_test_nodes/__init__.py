@@ -6,6 +6,7 @@ own classes with seeded weights). Never shipped to users: it lives under tests/.
 
 Graph: SkipTuningTestTinyModel -> (Skip Tuning) -> KSampler <- SkipTuningTestConditioning,
 EmptyLatentImage (64x64 gives the 8x8 latent the tiny models expect) -> SkipTuningTestLatentStats.
+SkipTuningTestCallLog logs every model call to a file (the interrupt test counts them).
 """
 
 import importlib.util
@@ -74,6 +75,28 @@ class SkipTuningTestConditioning:
         return (_helpers().tiny_conditioning(seed),)
 
 
+class SkipTuningTestCallLog:
+    DESCRIPTION = "Test only: the model, with a line appended to a file at every model call (the interrupt test " \
+                  "counts them)."
+    CATEGORY = _CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "wrap"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "path": ("STRING", {"default": ""})}}
+
+    def wrap(self, model, path):
+        def logged(apply_model, args):
+            with open(path, "a") as log:
+                log.write(f"{float(args['timestep'].reshape(-1)[0])}\n")
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        logged_model = model.clone()
+        logged_model.set_model_unet_function_wrapper(logged)
+        return (logged_model,)
+
+
 class SkipTuningTestLatentStats:
     DESCRIPTION = "Test only: an output node that reports the shape and statistics of a LATENT."
     CATEGORY = _CATEGORY
@@ -101,10 +124,12 @@ NODE_CLASS_MAPPINGS = {
     "SkipTuningTestTinyModel": SkipTuningTestTinyModel,
     "SkipTuningTestConditioning": SkipTuningTestConditioning,
     "SkipTuningTestLatentStats": SkipTuningTestLatentStats,
+    "SkipTuningTestCallLog": SkipTuningTestCallLog,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "SkipTuningTestTinyModel": "Tiny Test Model (Skip Tuning tests)",
     "SkipTuningTestConditioning": "Tiny Test Conditioning (Skip Tuning tests)",
     "SkipTuningTestLatentStats": "Latent Stats (Skip Tuning tests)",
+    "SkipTuningTestCallLog": "Model Call Log (Skip Tuning tests)",
 }

@@ -1,18 +1,25 @@
 #!/usr/bin/env python3
-"""Build a real Automatic1111, Forge or reForge checkout for the real-webui test tier.
+"""Build a real Automatic1111, Forge, reForge or SD.Next checkout for the real-webui test tier.
 
-    python3 tests/webui_real/setup_webui.py forge --dest DIR [--commit SHA] [--git NAME=URL ...]
+    python3 tests/webui_real/setup_webui.py forge --dest DIR --tokenizer DIR --clip-config FILE [--commit SHA]
+        [--git NAME=URL ...]
+    python3 tests/webui_real/setup_webui.py sdnext --dest DIR [--commit SHA] [--git sdnext=URL]
 
-Clones the webui and the code repositories it would clone at launch (sources default to GitHub;
-``--git NAME=URL`` points any of them at a mirror or local clone), makes a venv on Python 3.11
-with torch 2.3.1 and the webui's own requirements (the few pins that do not install offline on
-3.11 are replaced: see RELAXED), lays out the CLIP tokenizer as an offline Hugging Face cache,
-links this extension into ``extensions/``, writes a random-weight SD1.5 checkpoint and records
-how to start the webui in ``DIR/skip_tuning_webui.json`` (read by tests/test_webui_real.py).
-Nothing here needs the network at webui start: the webui is started with
-``--skip-prepare-environment`` and ``HF_HUB_OFFLINE``.
+A1111, Forge, reForge: clones the webui and the code repositories it would clone at launch (sources
+default to GitHub; ``--git NAME=URL`` points any of them at a mirror or local clone), makes a venv on
+Python 3.11 with torch 2.3.1 and the webui's own requirements (the few pins that do not install
+offline on 3.11 are replaced: see RELAXED), lays out the CLIP tokenizer as an offline Hugging Face
+cache, links this extension into ``extensions/``, writes a random-weight SD1.5 checkpoint.
 
-Point the tests at the result with ``SKIP_TUNING_WEBUI_PATHS=DIR[:DIR...]``.
+SD.Next: clones it, makes a venv with SDNEXT_PACKAGES (its installer would take diffusers and
+transformers from git commits and add gradio and the rest at launch: the nearest PyPI releases are
+installed instead, and the webui is started with ``--skip-all``), makes a data folder with this
+extension and the test probe (tests/webui_real/sdnext_probe) in its ``extensions/`` and offline mode
+on, and writes two random-weight SD1.5 diffusers folders (SD.Next ships their configs and tokenizer).
+
+Either way it records how to start the webui in ``DIR/skip_tuning_webui.json`` (read by
+tests/test_webui_real.py and tests/test_webui_real_sdnext.py). Nothing here needs the network at webui
+start (``HF_HUB_OFFLINE``). Point the tests at the result with ``SKIP_TUNING_WEBUI_PATHS=DIR[:DIR...]``.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ SOURCES = {
     "generative-models": "https://github.com/Stability-AI/generative-models.git",
     "k-diffusion": "https://github.com/crowsonkb/k-diffusion.git",
     "huggingface_guess": "https://github.com/lllyasviel/huggingface_guess.git",
+    "sdnext": "https://github.com/vladmandic/sdnext.git",
 }
 
 # The commits each webui's launch_utils pins; (source, folder under repositories/, commit, paths or None for all).
@@ -56,6 +64,26 @@ WEBUIS = {
 }
 
 TORCH = ["torch==2.3.1", "torchvision==0.18.1"]
+
+# SD.Next (diffusers only): the commit tested, and what its installer would put in the venv at launch, as the
+# nearest PyPI releases. Its pins: diffusers 0.39.0.dev0 (git 01969142, 2026-06-29) and transformers 5.13.0.dev0
+# (git b70d02fc), whose release needs tokenizers <= 0.23.0; gradio 3.43.2 and gradio-client 0.5.0 without their
+# dependencies (install_gradio), plus what gradio, install_optional and SD.Next's start import (addict and yapf
+# it would pip-install at its first start). requirements.txt is used as is but for its lint tools and the
+# setuptools pin, which torch 2.14's setuptools requirement overrides (the pin is for Python >= 3.12).
+SDNEXT_COMMIT = "058a7f0cf326f39c0135c6257d7b7e61073e51fd"
+SDNEXT_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+SDNEXT_PACKAGES = [
+    "diffusers==0.39.0", "transformers==5.13.0", "tokenizers==0.22.2", "fastapi==0.124.4", "websockets==17.4",
+    "aiofiles==25.1.0", "ffmpy==1.0.0", "pydub==0.25.1", "uvicorn==0.55.0", "semantic-version==2.10.0",
+    "altair==6.3.0", "python-multipart==0.0.34", "matplotlib==3.11.2", "importlib-resources==7.1.0",
+    "pydantic==2.13.4", "compel==2.5.1", "scipy==1.17.1", "opencv-python-headless==4.13.0.92", "addict==2.4.0",
+    "yapf==0.43.0",
+]
+SDNEXT_NO_DEPS = ["gradio==3.43.2", "gradio-client==0.5.0"]
+SDNEXT_SKIPPED_REQUIREMENTS = ("ruff", "pylint", "pre-commit", "setuptools")
+SDNEXT_MODELS = {"skip-tuning-random-sd15": 0, "skip-tuning-random-sd15-refiner": 1}
+SDNEXT_PROBE = HERE / "sdnext_probe"
 
 # Requirement lines replaced (prefix -> replacement, None drops it) and extra packages, per webui.
 # Why: reForge pins a pydantic wheel on GitHub (only PyPI is reachable; 1.10.15 is the same version);
@@ -144,40 +172,10 @@ def hf_offline_cache(hf_home: Path, tokenizer_dir: Path, clip_config: Path) -> N
     (repo / "refs" / "main").write_text(revision)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("webui", choices=sorted(WEBUIS))
-    parser.add_argument("--dest", required=True, type=Path, help="the checkout to create (outside this repository)")
-    parser.add_argument("--commit", help="webui commit or tag (default: the tested one)")
-    parser.add_argument("--name", help="name in test reports (default: WEBUI-COMMIT)")
-    parser.add_argument("--git", action="append", default=[], metavar="NAME=URL",
-                        help=f"clone NAME from URL instead of GitHub; NAME is one of {', '.join(SOURCES)}")
-    parser.add_argument("--python", default="python3.11")
-    parser.add_argument("--tokenizer", type=Path, required=True,
-                        help="CLIP's tokenizer files (vocab.json, merges.txt, tokenizer_config.json, ...)")
-    parser.add_argument("--clip-config", type=Path, required=True, help="CLIP ViT-L/14 text model config.json")
-    parser.add_argument("--checkpoints", type=Path,
-                        help="folder for the two random-weight checkpoints (made there if missing, then linked "
-                             "into the webui; share one between webuis); default: the webui's models folder")
-    args = parser.parse_args(argv)
-
-    sources = dict(SOURCES)
-    for item in args.git:
-        name, _, url = item.partition("=")
-        if name not in sources or not url:
-            parser.error(f"--git {item!r}: expected NAME=URL with NAME in {', '.join(SOURCES)}")
-        sources[name] = url
-
+def setup_a1111_family(args, sources: dict, dest: Path) -> dict:
+    """Check out A1111, Forge or reForge with its repositories, venv, offline tokenizer and checkpoints."""
     spec = WEBUIS[args.webui]
-    commit = args.commit or spec["commit"]
-    dest = args.dest.resolve()
-    if EXTENSION_ROOT in dest.parents or dest == EXTENSION_ROOT:
-        parser.error("--dest must be outside this repository")
-    started = time.monotonic()
-
-    git_checkout(sources[args.webui], dest, commit)
-    commit = subprocess.run(["git", "-C", dest, "rev-parse", "HEAD"], check=True, capture_output=True,
-                            text=True).stdout.strip()
+    git_checkout(sources[args.webui], dest, args.commit or spec["commit"])
     for source, folder, repo_commit, paths in spec["repositories"]:
         git_checkout(sources[source], dest / "repositories" / folder, repo_commit, paths)
     # The UI serves files from the assets repository; an empty one is enough for the tests.
@@ -206,15 +204,104 @@ def main(argv=None) -> int:
         if not (models / name).exists():
             (models / name).symlink_to(made / name)
     checkpoint = models / next(iter(CHECKPOINTS))
-
-    config = {
-        "name": args.name or f"{args.webui}-{commit[:8]}",
-        "webui": args.webui,
-        "commit": commit,
+    return {
         "python": str(venv / "bin" / "python"),
         "args": ["--skip-prepare-environment", "--skip-version-check", "--skip-install", *spec["cpu_args"],
                  "--ckpt", str(checkpoint)],
         "env": {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    }
+
+
+def setup_sdnext(args, sources: dict, dest: Path) -> dict:
+    """Check out SD.Next with its venv, a data folder (this extension, the probe, offline mode) and two models."""
+    git_checkout(sources["sdnext"], dest, args.commit or SDNEXT_COMMIT)
+    venv = dest / "venv"
+    if not (venv / "bin" / "python").exists():
+        run([args.python, "-m", "venv", venv])
+    pip = [venv / "bin" / "python", "-m", "pip", "install", "--quiet"]
+    run([*pip, *SDNEXT_TORCH])
+    lines = [line.split("#", 1)[0].strip() for line in (dest / "requirements.txt").read_text().splitlines()]
+    requirements = [line for line in lines if line and not line.startswith(SDNEXT_SKIPPED_REQUIREMENTS)]
+    req_file = dest / "skip_tuning_requirements.txt"
+    req_file.write_text("\n".join(requirements + SDNEXT_PACKAGES) + "\n")
+    run([*pip, "-r", req_file, *SDNEXT_TORCH])  # repeating torch keeps a requirement from moving it
+    run([*pip, "--no-deps", *SDNEXT_NO_DEPS])
+
+    data = dest / "skip_tuning_data"
+    for name, target in (("skip-tuning", EXTENSION_ROOT), ("skip-tuning-probe", SDNEXT_PROBE)):
+        link = data / "extensions" / name
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(target, target_is_directory=True)
+    config_file = data / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    config["offline_mode"] = True  # SD.Next clears HF_HUB_OFFLINE at every model load unless this is on
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+
+    models = dest / "skip_tuning_models"
+    (models / "Diffusers").mkdir(parents=True, exist_ok=True)
+    made = (args.checkpoints or models / "Diffusers").resolve()
+    for name, seed in SDNEXT_MODELS.items():
+        if not (made / name).exists():
+            run([venv / "bin" / "python", HERE / "make_checkpoint.py", "--diffusers-configs", dest / "configs" / "sd15",
+                 "--seed", seed, "--out", made / name])
+        if not (models / "Diffusers" / name).exists():
+            (models / "Diffusers" / name).symlink_to(made / name, target_is_directory=True)
+    return {
+        "python": str(venv / "bin" / "python"),
+        "args": ["--skip-all", "--quick", "--data-dir", str(data), "--models-dir", str(models), "--use-cpu", "all",
+                 "--ckpt", next(iter(SDNEXT_MODELS))],
+        "env": {"HF_HOME": str(dest / "skip_tuning_hf_home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        "versions": versions(venv, ("torch", "diffusers", "transformers", "gradio")),
+    }
+
+
+def versions(venv: Path, packages) -> dict:
+    code = "import importlib.metadata as m, json, sys; print(json.dumps({p: m.version(p) for p in sys.argv[1:]}))"
+    result = subprocess.run([venv / "bin" / "python", "-c", code, *packages], check=True, capture_output=True,
+                            text=True)
+    return json.loads(result.stdout)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("webui", choices=sorted([*WEBUIS, "sdnext"]))
+    parser.add_argument("--dest", required=True, type=Path, help="the checkout to create (outside this repository)")
+    parser.add_argument("--commit", help="webui commit or tag (default: the tested one)")
+    parser.add_argument("--name", help="name in test reports (default: WEBUI-COMMIT)")
+    parser.add_argument("--git", action="append", default=[], metavar="NAME=URL",
+                        help=f"clone NAME from URL instead of GitHub; NAME is one of {', '.join(SOURCES)}")
+    parser.add_argument("--python", default="python3.11")
+    parser.add_argument("--tokenizer", type=Path,
+                        help="A1111/Forge/reForge: CLIP's tokenizer files (vocab.json, merges.txt, ...)")
+    parser.add_argument("--clip-config", type=Path, help="A1111/Forge/reForge: CLIP ViT-L/14 text model config.json")
+    parser.add_argument("--checkpoints", type=Path,
+                        help="folder for the two random-weight models (made there if missing, then linked into the "
+                             "webui; share one between webuis of a kind); default: the webui's models folder")
+    args = parser.parse_args(argv)
+    if args.webui != "sdnext" and (args.tokenizer is None or args.clip_config is None):
+        parser.error(f"{args.webui} needs --tokenizer and --clip-config")
+
+    sources = dict(SOURCES)
+    for item in args.git:
+        name, _, url = item.partition("=")
+        if name not in sources or not url:
+            parser.error(f"--git {item!r}: expected NAME=URL with NAME in {', '.join(SOURCES)}")
+        sources[name] = url
+
+    dest = args.dest.resolve()
+    if EXTENSION_ROOT in dest.parents or dest == EXTENSION_ROOT:
+        parser.error("--dest must be outside this repository")
+    started = time.monotonic()
+    setup = setup_sdnext if args.webui == "sdnext" else setup_a1111_family
+    launch = setup(args, sources, dest)
+    commit = subprocess.run(["git", "-C", dest, "rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    config = {
+        "name": args.name or f"{args.webui}-{commit[:8]}",
+        "webui": args.webui,
+        "commit": commit,
+        **launch,
         "setup_seconds": round(time.monotonic() - started),
     }
     (dest / "skip_tuning_webui.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -1,11 +1,13 @@
-"""A small stand-in of the Automatic1111 webui API, for testing the Skip Tuning script offline.
+"""Small stand-ins of the Automatic1111 and SD.Next webui APIs, for testing the Skip Tuning script offline.
 
-It is NOT the webui: it reimplements, in a few lines each, only the parts the script touches,
-following A1111 1.10's contracts (modules/scripts.py, modules/processing.py, the sampler's CFG
-denoiser, modules/infotext_utils.py's paste logic, scripts/xyz_grid.py), and a fake ``gradio``
-that records the components a ``ui()`` builds (gradio itself is not installed here).
+They are NOT the webuis: they reimplement, in a few lines each, only the parts the script touches.
+``modules/`` follows A1111 1.10's contracts (modules/scripts.py, modules/processing.py, the sampler's CFG
+denoiser, modules/infotext_utils.py's paste logic, scripts/xyz_grid.py), with a fake ``gradio`` that
+records the components a ``ui()`` builds (gradio itself is not installed here); ``sdnext/modules/``
+follows SD.Next's (scripts_manager.py's runner, processing.py and processing_diffusers.py's order,
+shared.state's step counting, script_callbacks' before/after_process).
 
-``activate()`` puts the fake ``modules`` and ``gradio`` packages on sys.path and removes them
+``activate()`` (A1111) or ``activate(SDNEXT_DIR)`` puts the fake packages on sys.path and removes them
 (and everything imported from them) afterwards, so other tests never see them.
 """
 
@@ -16,6 +18,7 @@ import os
 import sys
 
 STUB_DIR = os.path.dirname(os.path.abspath(__file__))
+SDNEXT_DIR = os.path.join(STUB_DIR, "sdnext")
 _PREFIXES = ("modules", "gradio", "xyz_grid.py")
 
 
@@ -24,15 +27,15 @@ def _ours(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def activate():
+def activate(root: str = STUB_DIR):
     saved = {name: module for name, module in sys.modules.items() if _ours(name)}
     for name in saved:
         del sys.modules[name]
-    sys.path.insert(0, STUB_DIR)
+    sys.path.insert(0, root)
     try:
         yield
     finally:
-        sys.path.remove(STUB_DIR)
+        sys.path.remove(root)
         for name in [name for name in sys.modules if _ours(name)]:
             del sys.modules[name]
         sys.modules.update(saved)
