@@ -12,6 +12,7 @@ import logging
 from .skip_tuning_core import (
     CONTROL_OUTPUTS_KEY,
     OUTPUT_BLOCK_PATCH,
+    SamplingWindow,
     SkipTuningError,
     control_snapshot_wrapper,
     find_skip_layout,
@@ -27,6 +28,7 @@ logger = logging.getLogger("skip_tuning")
 
 CONTROL_WRAPPER_KEY = "skip_tuning_control_snapshot"
 SKIP_REPLACE_WRAPPER_KEY = "skip_tuning_skip_replace"
+SAMPLING_WINDOW_WRAPPER_KEY = "skip_tuning_sampling_window"
 
 __all__ = [
     "CONTROL_OUTPUTS_KEY",
@@ -76,6 +78,13 @@ def sigma_window(model, start_percent: float, end_percent: float):
     sigma_high = float(model_sampling.percent_to_sigma(start_percent))
     sigma_low = float(model_sampling.percent_to_sigma(end_percent))
     return sigma_low, sigma_high
+
+
+def sampling_window(model, start_percent: float, end_percent: float):
+    """The tuned part of sampling for the patches: :func:`sigma_window`'s levels, read again on the
+    model_sampling of each model call (a ModelSampling node may come after this one); None for all of it."""
+    sigma_range = sigma_window(model, start_percent, end_percent)
+    return None if sigma_range is None else SamplingWindow(sigma_range, (start_percent, end_percent))
 
 
 def model_wrapper_type(model, name: str):
@@ -153,7 +162,7 @@ def apply_skip_tuning(model, rho_bottom, rho_top, start_percent=0.0, end_percent
         return model
 
     rhos = resolve_rhos(layout.n_skips, rho_bottom, rho_top, explicit)
-    sigma_range = sigma_window(model, start_percent, end_percent)
+    sigma_range = sampling_window(model, start_percent, end_percent)
     if layout.mechanism == OUTPUT_BLOCK_PATCH:
         patched = _patch_output_blocks(model, rhos, sigma_range, scale_controlnet)
     else:
@@ -163,7 +172,8 @@ def apply_skip_tuning(model, rho_bottom, rho_top, start_percent=0.0, end_percent
     logger.info(
         "Skip Tuning: %s (%s), %d long skips, rho bottom to top = [%s]%s",
         describe_model(model), layout.architecture, layout.n_skips, ", ".join(f"{rho:.4g}" for rho in rhos),
-        "" if sigma_range is None else f", active for sigma in [{sigma_range[0]:.4g}, {sigma_range[1]:.4g}]",
+        "" if sigma_range is None else
+        f", active for sigma in [{sigma_range.sigmas[0]:.4g}, {sigma_range.sigmas[1]:.4g}] on this model_sampling",
     )
     return patched
 
@@ -186,6 +196,9 @@ def _patch_output_blocks(model, rhos, sigma_range, scale_controlnet):
     patched.set_model_output_block_patch(
         make_output_block_patch(rhos, sigma_range=sigma_range, scale_control=not snapshot)
     )
+    window_wrapper_type = model_wrapper_type(patched, "APPLY_MODEL")
+    if sigma_range is not None and window_wrapper_type is not None:  # else the levels read when the node ran
+        patched.add_wrapper_with_key(window_wrapper_type, SAMPLING_WINDOW_WRAPPER_KEY, sigma_range.apply_model_wrapper)
     return patched
 
 

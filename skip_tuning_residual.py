@@ -23,7 +23,7 @@ from .skip_tuning_nodes import (
     describe_model,
     diffusion_model_of,
     model_wrapper_type,
-    sigma_window,
+    sampling_window,
 )
 
 logger = logging.getLogger("skip_tuning")
@@ -63,7 +63,7 @@ def apply_residual_tuning(model, rho_first, rho_last, start_depth=0.0, start_per
                        "Update ComfyUI.")
         return model
     rhos = block_factors(len(layout.block_keys), rho_first, rho_last, start_depth)
-    sigma_range = sigma_window(model, start_percent, end_percent)
+    sigma_range = sampling_window(model, start_percent, end_percent)
     patched = model.clone()
     patched.add_wrapper_with_key(wrapper_type, RESIDUAL_WRAPPER_KEY,
                                  make_residual_replace_wrapper(layout.block_keys, rhos, sigma_range))

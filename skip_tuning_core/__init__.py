@@ -13,6 +13,7 @@ from .layouts import (
 )
 from .patch import (
     CONTROL_OUTPUTS_KEY,
+    SamplingWindow,
     control_snapshot_wrapper,
     make_output_block_patch,
     make_skip_replace_patch,
@@ -54,6 +55,7 @@ __all__ = [
     "RHO_MAX",
     "RHO_MIN",
     "SUPPORTED_DITS",
+    "SamplingWindow",
     "SkipLayout",
     "SkipScalingHooks",
     "SkipTuningError",

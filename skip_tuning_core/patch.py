@@ -33,14 +33,66 @@ OutputBlockPatch = Callable[[torch.Tensor, torch.Tensor, dict], tuple]
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
 
 
+class SamplingWindow:
+    """Where in sampling tuning is active: the noise levels (sigma_low, sigma_high), and the ComfyUI
+    start/end percents (0 = first step) they were read from on a model's ``model_sampling``, if any.
+
+    A ModelSampling node placed after the tuning node swaps the model's ``model_sampling``, so the
+    levels are resolved again for the ``model_sampling`` each model call uses (:meth:`resolve`, run by
+    :meth:`apply_model_wrapper`); until then they are the ones given. ``sigmas`` feeds the eager path;
+    ``traced_sigmas`` is the same pair as a tensor updated in place, which a compiled graph reads as
+    an input at every call.
+    """
+
+    def __init__(self, sigmas: tuple[float, float], percents: tuple[float, float] | None = None):
+        self.percents = None if percents is None else (float(percents[0]), float(percents[1]))  # None: fixed
+        self.sigmas = (float(sigmas[0]), float(sigmas[1]))
+        with torch.inference_mode(False):  # a normal tensor: resolve() may update it in or out of inference mode
+            self.traced_sigmas = torch.tensor(self.sigmas, dtype=torch.float64)
+        self._resolved_for = None
+
+    @classmethod
+    def open(cls) -> SamplingWindow:
+        """The whole of sampling (what a patch without a window holds, so that every patch traces alike)."""
+        return cls((-math.inf, math.inf))
+
+    def resolve(self, model_sampling) -> None:
+        """Set the levels from ``model_sampling.percent_to_sigma`` (ComfyUI's), once per model_sampling."""
+        if self.percents is None or model_sampling is self._resolved_for:
+            return
+        start, end = self.percents
+        self.sigmas = (float(model_sampling.percent_to_sigma(end)), float(model_sampling.percent_to_sigma(start)))
+        with torch.inference_mode(False):
+            self.traced_sigmas.copy_(torch.tensor(self.sigmas, dtype=torch.float64))
+        self._resolved_for = model_sampling
+
+    def apply_model_wrapper(self, executor, *args, **kwargs):
+        """ComfyUI ``APPLY_MODEL`` wrapper: resolves the window on the model the call runs (its
+        ``model_sampling`` has every object patch applied), then runs the call unchanged."""
+        model_sampling = getattr(executor.class_obj, "model_sampling", None)
+        if model_sampling is not None:
+            self.resolve(model_sampling)
+        return executor(*args, **kwargs)
+
+
+def as_sampling_window(sigma_range) -> SamplingWindow:
+    """``sigma_range`` as a :class:`SamplingWindow`: itself, fixed levels, or the whole of sampling (None)."""
+    if isinstance(sigma_range, SamplingWindow):
+        return sigma_range
+    if sigma_range is None:
+        return SamplingWindow.open()
+    return SamplingWindow(sigma_range)
+
+
 def make_output_block_patch(
     rhos: Sequence[float],
-    sigma_range: tuple[float, float] | None = None,
+    sigma_range: tuple[float, float] | SamplingWindow | None = None,
     scale_control: bool = True,
 ) -> OutputBlockPatch:
     """Build the patch that multiplies the skip of output block ``i`` by ``rhos[i]``.
 
-    ``sigma_range`` = (sigma_low, sigma_high): outside it the skip is left alone.
+    ``sigma_range`` = (sigma_low, sigma_high), or a :class:`SamplingWindow` whose levels may change
+    between calls: outside it the skip is left alone.
     The gate is a tensor comparison and a ``torch.where``, so torch.compile sees no
     Python branch on sigma. Run eagerly, the factor is a Python float: the product is the
     same bits as ``hsp * rho`` in every dtype, on every device, and rho 1 returns the very
@@ -52,10 +104,11 @@ def make_output_block_patch(
     """
     factors = tuple(float(rho) for rho in rhos)
     n_skips = len(factors)
-    window = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]))
-    traced_factors = tuple(torch.tensor(rho, dtype=torch.float32) for rho in factors)
-    traced_keeps = tuple(torch.tensor(1.0 - rho, dtype=torch.float32) for rho in factors)
-    traced_window = torch.tensor(window if window is not None else (-math.inf, math.inf), dtype=torch.float64)
+    window = as_sampling_window(sigma_range)
+    gated = sigma_range is not None
+    with torch.inference_mode(False):  # normal tensors wherever the node runs: a graph's guards see one kind
+        traced_factors = tuple(torch.tensor(rho, dtype=torch.float32) for rho in factors)
+        traced_keeps = tuple(torch.tensor(1.0 - rho, dtype=torch.float32) for rho in factors)
 
     def skip_tuning_output_block_patch(h, hsp, options):
         # ``options`` is the host's transformer_options; its name keeps the block guard (module docstring).
@@ -64,12 +117,12 @@ def make_output_block_patch(
             return h, hsp
         index = block[1]
         if _is_compiling():
-            rho, keep, bounds = traced_factors[index], traced_keeps[index], traced_window
+            rho, keep, bounds = traced_factors[index], traced_keeps[index], window.traced_sigmas
         else:
             rho = factors[index]
             if rho == 1.0:
                 return h, hsp
-            keep, bounds = 1.0 - rho, window
+            keep, bounds = 1.0 - rho, window.sigmas if gated else None
 
         control = None
         if not scale_control:
@@ -165,7 +218,7 @@ def with_skip_replace_patches(
 def make_skip_replace_wrapper(
     replace_keys: Sequence,
     rhos: Sequence[float],
-    sigma_range: tuple[float, float] | None = None,
+    sigma_range: tuple[float, float] | SamplingWindow | None = None,
     scale_control: bool = True,
 ):
     """ComfyUI ``APPLY_MODEL`` wrapper that tunes a U-ViT's skips for the one model call it wraps.
@@ -190,12 +243,17 @@ def make_skip_replace_wrapper(
 
 def apply_model_wrapper(tune, tuned: bool, sigma_range=None):
     """A ComfyUI ``APPLY_MODEL`` wrapper that runs one model call with ``tune(transformer_options, control)``,
-    a tuned copy of that call's options, when ``tuned`` and the call's noise level is inside ``sigma_range``."""
-    window = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]))
+    a tuned copy of that call's options, when ``tuned`` and the call's noise level is inside ``sigma_range``
+    (a :class:`SamplingWindow` is resolved on the called model first)."""
+    window = None if sigma_range is None else as_sampling_window(sigma_range)
 
     def skip_tuning_apply_model_wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options,
                                         *args, **kwargs):
-        if tuned and in_sigma_window(window, t, transformer_options):
+        if window is not None and tuned:
+            model_sampling = getattr(executor.class_obj, "model_sampling", None)
+            if model_sampling is not None:
+                window.resolve(model_sampling)
+        if tuned and in_sigma_window(None if window is None else window.sigmas, t, transformer_options):
             transformer_options = tune(transformer_options, control)
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
 

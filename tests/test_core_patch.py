@@ -1,11 +1,19 @@
 """Unit tests of the output-block patch and the ControlNet snapshot wrapper (pure torch)."""
 
 import copy
+import math
 
 import pytest
 import torch
 
-from skip_tuning_core import CONTROL_OUTPUTS_KEY, control_snapshot_wrapper, make_output_block_patch, rho_schedule
+from skip_tuning_core import (
+    CONTROL_OUTPUTS_KEY,
+    SamplingWindow,
+    control_snapshot_wrapper,
+    make_output_block_patch,
+    rho_schedule,
+)
+from skip_tuning_core.patch import apply_model_wrapper
 
 
 def options(index, sigma=None, **extra):
@@ -210,6 +218,87 @@ def test_traced_patch_keeps_the_control_residual_like_the_eager_one():
         assert torch.equal(compiled(h, hsp, control_options(i, residuals))[1],
                            patch(h, hsp, control_options(i, residuals))[1])
     torch._dynamo.reset()
+
+
+
+class LinearSampling:
+    """A model_sampling whose percent_to_sigma is scale * (1 - percent), the way ComfyUI's maps 0 to the top."""
+
+    def __init__(self, scale=10.0):
+        self.scale = scale
+
+    def percent_to_sigma(self, percent):
+        return self.scale * (10 - round(10 * percent)) / 10  # exact for the tenths used here
+
+
+class Executor:
+    """ComfyUI's WrapperExecutor as a wrapper sees it: ``class_obj`` is the model the call runs."""
+
+    def __init__(self, model_sampling, run):
+        self.class_obj = type("Model", (), {"model_sampling": model_sampling})()
+        self.run = run
+
+    def __call__(self, *args, **kwargs):
+        return self.run(*args, **kwargs)
+
+
+def test_sampling_window_is_resolved_on_the_model_sampling_of_each_call():
+    window = SamplingWindow((2.0, 8.0), percents=(0.2, 0.8))
+    patch = make_output_block_patch((0.5,), sigma_range=window)
+    h, hsp = tensors()
+
+    def call(model_sampling, sigma):
+        return window.apply_model_wrapper(Executor(model_sampling, lambda: patch(h, hsp, options(0, sigma=sigma))[1]))
+
+    assert torch.equal(call(LinearSampling(10.0), 5.0), hsp * 0.5)
+    assert torch.equal(call(LinearSampling(10.0), 9.0), hsp)  # above percent_to_sigma(0.2) = 8
+    # A ModelSampling node after the tuning node: the same percents, other levels (4 to 16).
+    assert torch.equal(call(LinearSampling(20.0), 9.0), hsp * 0.5)
+    assert torch.equal(call(LinearSampling(20.0), 3.0), hsp)
+    assert window.sigmas == (4.0, 16.0) and window.traced_sigmas.tolist() == [4.0, 16.0]
+
+
+def test_fixed_and_open_windows_ignore_the_model_sampling():
+    fixed, whole = SamplingWindow((2.0, 8.0)), SamplingWindow.open()
+    fixed.resolve(LinearSampling(20.0))
+    whole.resolve(LinearSampling(20.0))
+    assert fixed.sigmas == (2.0, 8.0) and whole.sigmas == (-math.inf, math.inf)
+
+
+def test_a_window_resolved_in_inference_mode_is_usable_outside_it():
+    window = SamplingWindow((2.0, 8.0), percents=(0.2, 0.8))
+    with torch.inference_mode():
+        window.resolve(LinearSampling(20.0))
+    window.resolve(LinearSampling(30.0))
+    assert window.traced_sigmas.tolist() == [6.0, 24.0]
+
+
+def test_a_traced_graph_reads_the_resolved_window_at_every_call():
+    window = SamplingWindow((2.0, 8.0), percents=(0.2, 0.8))
+    patch = make_output_block_patch((0.5,), sigma_range=window)
+    compiled, counter = compile_counted(patch)
+    h, hsp = tensors()
+    for scale, sigma, active in ((10.0, 9.0, False), (20.0, 9.0, True), (10.0, 9.0, False), (20.0, 3.0, False)):
+        window.resolve(LinearSampling(scale))
+        assert torch.equal(compiled(h, hsp, options(0, sigma=sigma))[1], hsp * 0.5 if active else hsp)
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
+
+
+def test_apply_model_wrapper_resolves_its_window_before_judging_the_call():
+    tuned_calls = []
+    wrapper = apply_model_wrapper(lambda options, control: {**options, "tuned": True}, True,
+                                  SamplingWindow((2.0, 8.0), percents=(0.2, 0.8)))
+
+    def call(model_sampling, sigma):
+        def run(x, t, c_concat, c_crossattn, control, transformer_options):
+            tuned_calls.append(transformer_options.get("tuned", False))
+        executor = Executor(model_sampling, run)
+        wrapper(executor, None, torch.tensor([sigma]), None, None, None, {"sigmas": torch.tensor([sigma])})
+
+    call(LinearSampling(10.0), 9.0)
+    call(LinearSampling(20.0), 9.0)
+    assert tuned_calls == [False, True]
 
 
 # --- ControlNet ----------------------------------------------------------------------------------------------
