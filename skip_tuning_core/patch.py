@@ -250,7 +250,8 @@ def apply_model_wrapper(tune, tuned: bool, sigma_range=None):
     def skip_tuning_apply_model_wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options,
                                         *args, **kwargs):
         if window is not None and tuned:
-            model_sampling = getattr(executor.class_obj, "model_sampling", None)
+            # ComfyUI's executor carries the model it calls; a bare callable (tests, other hosts) has none.
+            model_sampling = getattr(getattr(executor, "class_obj", None), "model_sampling", None)
             if model_sampling is not None:
                 window.resolve(model_sampling)
         if tuned and in_sigma_window(None if window is None else window.sigmas, t, transformer_options):
