@@ -3,20 +3,14 @@
 Builds ComfyUI's own UNetModel with the demo layout in a BaseModel (EPS, SD's discrete
 scaled-linear schedule, latent scale 1), or the demo U-ViT in ComfyUI's HunyuanDiT model
 (the same schedule and latents), loads the shipped weights, and applies Skip Tuning
-through the repository's ComfyUI node, imported the way ComfyUI imports a node pack.
+through the function behind the ComfyUI node (skip_tuning.comfyui.adapter).
 Needs a ComfyUI checkout ($COMFYUI_PATH, ~/ComfyUI or ../shared/ComfyUI); see _common.import_comfy.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
 import torch
-from _common import REPO_ROOT, import_comfy
-
-PACK_MODULE = "skip_tuning_benchmark_pack"
+from _common import import_comfy
 
 # diffusers scheduler name in skip_tuning_demo.sampling -> ComfyUI sampler name
 COMFY_SAMPLERS = {
@@ -31,19 +25,6 @@ COMFY_SAMPLERS = {
     "lcm": "lcm",
     "dpmpp_sde": "dpmpp_sde",
 }
-
-
-def load_node_pack():
-    """The repository as ComfyUI loads a custom node pack (a package named after its folder)."""
-    if PACK_MODULE in sys.modules:
-        return sys.modules[PACK_MODULE]
-    spec = importlib.util.spec_from_file_location(
-        PACK_MODULE, os.path.join(REPO_ROOT, "__init__.py"), submodule_search_locations=[REPO_ROOT]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_MODULE] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def comfy_unet_config(unet_kwargs: dict) -> dict:
@@ -171,7 +152,7 @@ def lcm_sampling(patcher):
 
 def residual_tuned(patcher, factors):
     """A clone of the patcher whose DiT blocks run ``rho_l * x + F_l(x)`` (the core's replace patches)."""
-    from skip_tuning_core.residual import find_residual_layout, with_residual_replace_patches
+    from skip_tuning.residual import find_residual_layout, with_residual_replace_patches
 
     if all(float(rho) == 1.0 for rho in factors):
         return patcher
@@ -214,7 +195,9 @@ def skip_tuned(patcher, rho_bottom: float, rho_top: float = 1.0):
     """The patcher as the Skip Tuning node returns it (plain when rho_bottom == rho_top == 1)."""
     if rho_bottom == 1.0 and rho_top == 1.0:
         return patcher
-    return load_node_pack().skip_tuning_nodes.apply_skip_tuning(patcher, rho_bottom, rho_top)
+    from skip_tuning.comfyui.adapter import apply_skip_tuning
+
+    return apply_skip_tuning(patcher, rho_bottom, rho_top)
 
 
 @torch.no_grad()

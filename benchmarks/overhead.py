@@ -45,7 +45,7 @@ from _common import (  # noqa: E402
     set_threads,
 )
 
-from skip_tuning_core import SkipScalingHooks, make_output_block_patch, rho_schedule  # noqa: E402
+from skip_tuning import SkipScalingHooks, make_output_block_patch, rho_schedule  # noqa: E402
 
 # Full-size U-Net configurations as ComfyUI's model detection builds them.
 COMFY_CONFIGS = {

@@ -306,7 +306,7 @@ class Runner:
         return os.path.join(self.store, "samples", key + ".npz")
 
     def images(self, sampler, steps, cfg, rho, block):
-        from skip_tuning_core import SkipScalingHooks, rho_schedule
+        from skip_tuning import SkipScalingHooks, rho_schedule
         from skip_tuning_demo.model import unpack_latents
         from skip_tuning_demo.sampling import make_noise, sample
 
@@ -319,7 +319,7 @@ class Runner:
                                            noise, seed=step_seed, kind="uvit" if self.model == "uvit" else "unet")
             return unpack_latents(latents).clamp(-1, 1), labels
         if self.model == "uvit":
-            from skip_tuning_core import find_skip_layout, with_skip_replace_patches
+            from skip_tuning import find_skip_layout, with_skip_replace_patches
             from skip_tuning_demo.uvit import UViTDenoiser
 
             layout = find_skip_layout(self.unet)

@@ -1,7 +1,7 @@
 """Residual Tuning on the demo DiT (ComfyUI's Flux class, scaled down): does ``rho_l * x + F_l(x)`` help?
 
 Samples through comfy.sample.sample (what KSampler runs) with the core's residual replace
-patches (skip_tuning_core/residual.py) on a clone of the model. Seeds are paired exactly as in
+patches (skip_tuning/residual.py) on a clone of the model. Seeds are paired exactly as in
 quality.py (the same labels, initial noise and per-step noise for every variant).
 
 Stages:
@@ -95,7 +95,7 @@ class Runner:
         from _comfy_demo import comfy_sample_latents, residual_tuned
         from quality import block_seeds
 
-        from skip_tuning_core import block_factors, find_residual_layout
+        from skip_tuning import block_factors, find_residual_layout
         from skip_tuning_demo.model import unpack_latents
         from skip_tuning_demo.sampling import make_noise
 

@@ -1,7 +1,7 @@
 // Skip Tuning: the rho profile as the front end previews it.
 //
 // The front end cannot call Python, so rhoSchedule mirrors rho_schedule in
-// skip_tuning_core/schedule.py; the browser tests compare the two. Everything
+// skip_tuning/schedule.py; the browser tests compare the two. Everything
 // else here only reads widget values and describes what to draw.
 
 export const RHO_MIN = 0.0;
@@ -92,7 +92,7 @@ export const PREVIEW_BLOCK_COUNTS = [
 ];
 export const DEFAULT_PREVIEW_BLOCKS = 57;
 
-// Mirrors block_factors in skip_tuning_core/residual.py: 1 before start_depth of the blocks,
+// Mirrors block_factors in skip_tuning/residual.py: 1 before start_depth of the blocks,
 // then linear from rhoFirst (first tuned block) to rhoLast (last block).
 export function blockFactors(n, rhoFirst, rhoLast, startDepth) {
   const first = Math.floor(startDepth * n + 1e-9);

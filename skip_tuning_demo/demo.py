@@ -8,7 +8,7 @@ Skip Tuning, so the two differ only by rho_bottom: the same initial noise, the s
 noise for ancestral samplers, one image of every class in the first ten. The defaults are the
 settings where the project's measurements (docs/results.md) found a difference beyond the
 noise: weaker skips without guidance at 4 steps, stronger skips with guidance at 10 steps.
-Skip Tuning is applied with the project's own adapter (skip_tuning_core.SkipScalingHooks, the
+Skip Tuning is applied with the project's own adapter (skip_tuning.SkipScalingHooks, the
 hook path the A1111 script uses), sampling with diffusers' schedulers.
 
 Writes <out>/skip_tuning_demo_grid.png (per comparison: plain, tuned, and |tuned - plain|
@@ -92,7 +92,7 @@ class Comparison:
 
 def parse_comparison(text: str) -> Comparison:
     """"euler_a:1:4:0.6" -> Comparison(sampler, cfg, steps, rho_bottom)."""
-    from skip_tuning_core import SkipTuningError, validate_rho
+    from skip_tuning import SkipTuningError, validate_rho
 
     from .sampling import SCHEDULER_NAMES
 
@@ -273,7 +273,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
-    from skip_tuning_core import SkipScalingHooks, rho_schedule, validate_rho
+    from skip_tuning import SkipScalingHooks, rho_schedule, validate_rho
 
     from . import metrics as demo_metrics
     from .metrics import FrechetReference

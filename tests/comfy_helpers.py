@@ -146,6 +146,10 @@ def load_pack(name: str = PACK_NAME, root: Path = REPO_ROOT):
     except BaseException:
         del sys.modules[name]
         raise
+    # The host-free ComfyUI adapters, reachable as pack.skip_tuning.comfyui.<module> (the nodes module needs
+    # ComfyUI's comfy_api and is imported by comfy_entrypoint).
+    for adapter in ("adapter", "compare", "residual"):
+        importlib.import_module(f"{name}.skip_tuning.comfyui.{adapter}")
     return module
 
 

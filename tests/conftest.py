@@ -75,7 +75,7 @@ def comfy_nodes(skip_tuning_pack):
     """The pack's node classes (V3 schema), imported as ComfyUI imports them through ``comfy_entrypoint``."""
     import importlib
 
-    return importlib.import_module(f"{skip_tuning_pack.__name__}.skip_tuning_comfy_nodes")
+    return importlib.import_module(f"{skip_tuning_pack.__name__}.skip_tuning.comfyui.nodes")
 
 
 @pytest.fixture(scope="session")

@@ -175,7 +175,7 @@ def test_sgm_style_loop_matches_comfy_and_both_adapter_paths_agree(comfy):
     import comfy_helpers
     import overhead
 
-    from skip_tuning_core import SkipScalingHooks, make_output_block_patch, rho_schedule
+    from skip_tuning import SkipScalingHooks, make_output_block_patch, rho_schedule
 
     unet = comfy_helpers.build_tiny_unet("sdxl", seed=3).model.diffusion_model
     gen = torch.Generator().manual_seed(0)
@@ -218,7 +218,7 @@ def test_demo_model_in_comfy_matches_ldm(comfy):
 @pytest.mark.skipif(not HAVE_DEMO_DEPS, reason="needs ldm, diffusers, safetensors and scipy")
 def test_demo_uvit_in_comfy_matches_the_direct_path(comfy):
     """The benchmark's two U-ViT paths compute the same network, plain and tuned."""
-    from skip_tuning_core import find_skip_layout, rho_schedule, with_skip_replace_patches
+    from skip_tuning import find_skip_layout, rho_schedule, with_skip_replace_patches
     from skip_tuning_demo.uvit import UVIT_WEIGHTS, UViTDenoiser
 
     if not os.path.exists(UVIT_WEIGHTS):

@@ -30,8 +30,9 @@ ARCHIVE_BUDGET = 512 * 1024  # bytes; the nodes, the core, the front end and the
 PACK = "skip-tuning"
 PACK_NODES = ("SkipTuning", "SkipTuningAdvanced", "SkipTuningCompare", "ResidualTuning")
 FRONTEND_ONLY_NODES = {"Note", "MarkdownNote"}  # drawn by the front end, never sent to the server
-# Never in the archive: the demo and its weights, tests, benchmarks, result plots, the A1111/Forge script.
-LEFT_OUT = ("skip_tuning_demo/", "tests/", "benchmarks/", "docs/", "scripts/", "sd_webui_script.py")
+# Never in the archive: the demo and its weights, tests, benchmarks, result plots, the other hosts' folders.
+OTHER_HOSTS = ("skip_tuning/webui/", "skip_tuning/diffusers/", "skip_tuning/invokeai/")
+LEFT_OUT = ("skip_tuning_demo/", "tests/", "benchmarks/", "docs/", "scripts/", *OTHER_HOSTS)
 
 
 def find_comfy_cli() -> str | None:
@@ -87,9 +88,8 @@ def test_the_archive_is_lean_and_holds_what_comfyui_loads(archive):
     tracked = committed_files()
     needed = {"__init__.py", "pyproject.toml", "LICENSE", "README.md"} | {
         name for name in tracked
-        if (name.startswith("skip_tuning_") and name.endswith(".py") and "/" not in name)
-        or name.startswith(("skip_tuning_core/", "js/", "example_workflows/"))}
-    assert {"skip_tuning_comfy_nodes.py", "js/skip_tuning.js", "js/docs/SkipTuning.md"} <= needed
+        if name.startswith(("skip_tuning/", "js/", "example_workflows/")) and not name.startswith(OTHER_HOSTS)}
+    assert {"skip_tuning/comfyui/nodes.py", "skip_tuning/schedule.py", "js/skip_tuning.js"} <= needed
     assert needed - names == set(), "missing from the archive"
     assert names - needed == set(), "in the archive but not needed by ComfyUI"
 

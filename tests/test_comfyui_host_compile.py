@@ -28,7 +28,7 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def nodes(skip_tuning_pack):
-    return skip_tuning_pack.skip_tuning_nodes
+    return skip_tuning_pack.skip_tuning.comfyui.adapter
 
 
 @pytest.fixture(scope="module")

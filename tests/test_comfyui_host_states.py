@@ -20,7 +20,7 @@ N_SKIPS = ch.TINY_UNET_SKIPS["sd1"]
 
 @pytest.fixture(scope="module")
 def nodes(skip_tuning_pack):
-    return skip_tuning_pack.skip_tuning_nodes
+    return skip_tuning_pack.skip_tuning.comfyui.adapter
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,10 @@ import pytest
 import torch
 from torch import nn
 
-from skip_tuning_core import DEFAULT_RHO_BOTTOM, DEFAULT_RHO_TOP
+from skip_tuning import DEFAULT_RHO_BOTTOM, DEFAULT_RHO_TOP
 
 pack = comfy_helpers.load_pack()
-nodes = pack.skip_tuning_nodes
+nodes = pack.skip_tuning.comfyui.adapter
 
 
 class FakeUNet(nn.Module):
@@ -97,7 +97,7 @@ def test_entry_point_is_the_v3_extension_and_needs_no_comfyui_to_import():
     assert not hasattr(pack, "NODE_CLASS_MAPPINGS") and not hasattr(pack, "NODE_DISPLAY_NAME_MAPPINGS")
     # A fresh interpreter without ComfyUI: the pack and its adapters import, nothing of ComfyUI does.
     code = ("import sys, comfy_helpers; pack = comfy_helpers.load_pack(); "
-            "assert callable(pack.skip_tuning_nodes.apply_skip_tuning) and callable(pack.comfy_entrypoint); "
+            "assert callable(pack.skip_tuning.comfyui.adapter.apply_skip_tuning) and callable(pack.comfy_entrypoint); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'nodes')))")
     result = subprocess.run([sys.executable, "-c", code], cwd=comfy_helpers.TESTS_DIR, capture_output=True,
                             text=True, timeout=120, env={**os.environ, "COMFYUI_PATH": ""})
@@ -107,7 +107,7 @@ def test_entry_point_is_the_v3_extension_and_needs_no_comfyui_to_import():
 
 def test_entry_point_imported_as_a_plain_module_imports_nothing():
     namespace = runpy.run_path(str(comfy_helpers.REPO_ROOT / "__init__.py"))
-    assert "NODE_CLASS_MAPPINGS" not in namespace and "skip_tuning_nodes" not in namespace
+    assert "NODE_CLASS_MAPPINGS" not in namespace and "skip_tuning" not in namespace
     assert namespace["WEB_DIRECTORY"] == "./js"
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from skip_tuning_core import DEFAULT_RHO_BOTTOM, DEFAULT_RHO_TOP
+from skip_tuning import DEFAULT_RHO_BOTTOM, DEFAULT_RHO_TOP
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.comfyui_server]
 

@@ -19,7 +19,7 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def nodes(skip_tuning_pack):
-    return skip_tuning_pack.skip_tuning_nodes
+    return skip_tuning_pack.skip_tuning.comfyui.adapter
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ KINDS = ["hunyuan_dit", "hunyuan3d_2_1"]
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_layout_reads_the_skip_count_and_the_consuming_blocks(kind, tiny, skip_tuning_pack):
-    layout = skip_tuning_pack.skip_tuning_core.find_skip_layout(tiny(kind).model.diffusion_model)
+    layout = skip_tuning_pack.skip_tuning.find_skip_layout(tiny(kind).model.diffusion_model)
     n = ch.TINY_UVIT_SKIPS[kind]
     assert layout.n_skips == n and layout.mechanism == "dit_replace_patch"
     first = {"hunyuan_dit": ("double_block", 21), "hunyuan3d_2_1": ("block", 11)}[kind]
@@ -225,8 +225,8 @@ def test_controlnet_residual_scaled_or_kept(tiny, comfy_nodes):
 
 
 def test_compare_node_reads_the_uvit_skip_count(tiny, skip_tuning_pack):
-    assert skip_tuning_pack.skip_tuning_compare.check_model(tiny("hunyuan_dit")) == 19
-    assert skip_tuning_pack.skip_tuning_compare.check_model(tiny("hunyuan3d_2_1")) == 10
+    assert skip_tuning_pack.skip_tuning.comfyui.compare.check_model(tiny("hunyuan_dit")) == 19
+    assert skip_tuning_pack.skip_tuning.comfyui.compare.check_model(tiny("hunyuan3d_2_1")) == 10
 
 
 def test_log_names_the_architecture(tiny, caplog, comfy_nodes):

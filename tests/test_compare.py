@@ -21,7 +21,7 @@ import comfy_helpers  # noqa: E402
 @pytest.fixture(scope="module")
 def compare():
     """The node module, imported the way ComfyUI imports the pack (no ComfyUI needed)."""
-    return comfy_helpers.load_pack().skip_tuning_compare
+    return comfy_helpers.load_pack().skip_tuning.comfyui.compare
 
 
 # -- lists --------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from skip_tuning_core import (
+from skip_tuning import (
     RHO_MAX,
     RHO_MIN,
     SkipTuningError,

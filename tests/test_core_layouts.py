@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from skip_tuning_core import (
+from skip_tuning import (
     DIT_REPLACE_PATCH,
     OUTPUT_BLOCK_PATCH,
     find_skip_layout,

@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
-from skip_tuning_core import (
+from skip_tuning import (
     CONTROL_OUTPUTS_KEY,
     SamplingWindow,
     control_snapshot_wrapper,
     make_output_block_patch,
     rho_schedule,
 )
-from skip_tuning_core.patch import apply_model_wrapper
+from skip_tuning.patch import apply_model_wrapper
 
 
 def options(index, sigma=None, **extra):

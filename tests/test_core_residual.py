@@ -1,10 +1,10 @@
-"""Residual Tuning's core (skip_tuning_core/residual.py): factors per block, the replace patch, and the
+"""Residual Tuning's core (skip_tuning/residual.py): factors per block, the replace patch, and the
 patch inside ComfyUI's real Flux class, where each block's identity path must come out scaled by its rho."""
 
 import pytest
 import torch
 
-from skip_tuning_core import (
+from skip_tuning import (
     SkipTuningError,
     block_factors,
     find_residual_layout,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from skip_tuning_core import SkipScalingHooks, count_long_skips, rho_schedule, skip_channel_plan
+from skip_tuning import SkipScalingHooks, count_long_skips, rho_schedule, skip_channel_plan
 
 
 class ToyUNet(nn.Module):

@@ -9,8 +9,8 @@ import diffusers_helpers as h
 import pytest
 import torch
 
-from skip_tuning_core import rho_schedule
-from skip_tuning_diffusers import SkipTuningError, apply_residual_tuning, apply_skip_tuning
+from skip_tuning import rho_schedule
+from skip_tuning.diffusers import SkipTuningError, apply_residual_tuning, apply_skip_tuning
 
 diffusers = h.diffusers
 

@@ -18,7 +18,7 @@ import diffusers_helpers as h
 import pytest
 import torch
 
-from skip_tuning_diffusers import apply_residual_tuning, apply_skip_tuning
+from skip_tuning.diffusers import apply_residual_tuning, apply_skip_tuning
 
 diffusers = h.diffusers
 pytestmark = pytest.mark.comfyui
@@ -87,7 +87,7 @@ def diffusers_denoised(unet, x, sigma, t, context):
 
 def test_the_demo_unet_is_tuned_identically_through_comfyui_and_diffusers(demo, skip_tuning_pack):
     patcher, unet, table, config = demo
-    nodes = skip_tuning_pack.skip_tuning_nodes
+    nodes = skip_tuning_pack.skip_tuning.comfyui.adapter
     schedule = config["schedule"]
     scheduler = diffusers.DDIMScheduler(num_train_timesteps=schedule["num_train_timesteps"],
                                         beta_start=schedule["beta_start"], beta_end=schedule["beta_end"],

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("skip_tuning_core", "skip_tuning_diffusers")
+PACKAGES = ("skip_tuning", "skip_tuning/diffusers")  # the core and the diffusers adapter; no other host's folder
 NOT_LINKED = {".git", "build", "dist", "outputs", ".pytest_cache", ".ruff_cache", ".benchmarks"}
 
 
@@ -40,17 +40,17 @@ def test_the_wheel_holds_the_core_and_the_diffusers_adapter_only(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
 
     top_level = {name.split("/")[0] for name in names}
-    assert top_level == {*PACKAGES, wheel.name.split("-py")[0] + ".dist-info"}, top_level
-    for package in PACKAGES:
-        sources = {f"{package}/{path.name}" for path in (REPO_ROOT / package).glob("*.py")}
-        assert sources <= set(names), sources - set(names)
+    assert top_level == {"skip_tuning", wheel.name.split("-py")[0] + ".dist-info"}, top_level
+    sources = {f"{package}/{path.name}" for package in PACKAGES for path in (REPO_ROOT / package).glob("*.py")}
+    shipped = {name for name in names if name.startswith("skip_tuning/")}
+    assert shipped == sources, (sources - shipped, shipped - sources)
     assert not [name for name in names if name.endswith((".safetensors", ".json", ".npz", ".js"))]
 
     # Importable from the wheel alone, outside the repository.
-    check = ("import skip_tuning_core, skip_tuning_diffusers\n"
-             "from skip_tuning_diffusers import SkipTuningError, apply_residual_tuning, apply_skip_tuning\n"
-             "assert SkipTuningError is skip_tuning_core.SkipTuningError\n"
-             "print(skip_tuning_diffusers.__file__)")
+    check = ("import skip_tuning, skip_tuning.diffusers\n"
+             "from skip_tuning.diffusers import SkipTuningError, apply_residual_tuning, apply_skip_tuning\n"
+             "assert SkipTuningError is skip_tuning.SkipTuningError\n"
+             "print(skip_tuning.diffusers.__file__)")
     env = {**os.environ, "PYTHONPATH": str(wheel)}
     imported = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=300)

@@ -10,8 +10,8 @@ import diffusers_helpers as h
 import pytest
 import torch
 
-from skip_tuning_core import block_factors
-from skip_tuning_diffusers import SkipTuningError, apply_residual_tuning
+from skip_tuning import block_factors
+from skip_tuning.diffusers import SkipTuningError, apply_residual_tuning
 
 diffusers = h.diffusers
 

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import sd_webui_script as webui
-from skip_tuning_core import make_output_block_patch, rho_schedule
+import skip_tuning.webui.script as webui
+from skip_tuning import make_output_block_patch, rho_schedule
 
 
 @pytest.fixture(scope="module", autouse=True)

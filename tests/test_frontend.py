@@ -200,7 +200,7 @@ def test_nodes_get_the_profile_widget(page, artifacts):
 
 @once
 def test_profile_math_in_the_browser_equals_the_core(page):
-    from skip_tuning_core import SkipTuningError, parse_rho_list, rho_schedule
+    from skip_tuning import SkipTuningError, parse_rho_list, rho_schedule
 
     cases = [(n, bottom, top) for n in (1, 2, 6, 9, 12, 19) for bottom, top in
              ((0.8, 1.0), (1.0, 1.0), (0.0, 2.0), (1.3, 0.7), (0.55, 1.05), (0.1, 0.3))]
@@ -228,7 +228,7 @@ def test_profile_math_in_the_browser_equals_the_core(page):
 
 @once
 def test_residual_block_factors_in_the_browser_equal_the_core(page):
-    from skip_tuning_core import block_factors
+    from skip_tuning import block_factors
 
     cases = [(n, first, last, depth) for n in (1, 12, 24, 38, 57) for first, last in ((0.96, 1.0), (1.0, 0.9),
              (1.05, 1.05)) for depth in (0.0, 0.15, 0.5, 0.95)]
@@ -284,7 +284,7 @@ def test_slider_drag_redraws_the_profile_live(page, artifacts):
     assert tuple(new["inside"]) == BAR_BLUE
     assert tuple(page.pixel("SkipTuning", old["x"] + old["w"] / 2, old["y"] + 1)) != BAR_BLUE
     # Every bar is the schedule for the slider's value.
-    from skip_tuning_core import rho_schedule
+    from skip_tuning import rho_schedule
 
     assert final_profile["rhos"] == pytest.approx(rho_schedule(12, final_value, 1.0))
     _screenshot(page, artifacts, "skip_tuning_node_dragged", clip=page.node_clip("SkipTuning"))
@@ -515,7 +515,7 @@ def _fetch_images(server, output):
 def test_compare_node_runs_through_prompt(prepared_server, artifacts):
     import numpy as np
 
-    compare = comfy_helpers.load_pack().skip_tuning_compare
+    compare = comfy_helpers.load_pack().skip_tuning.comfyui.compare
     entry = prepared_server.run_prompt(_compare_graph("1, 2", "1.0, 0.0"), timeout=600)
     assert entry["status"]["status_str"] == "success", entry["status"]
     (grid,) = _fetch_images(prepared_server, entry["outputs"]["grid"])

@@ -1,11 +1,11 @@
-"""The webui parameters and their infotext codec (skip_tuning_core.infotext): pure, no webui."""
+"""The webui parameters and their infotext codec (skip_tuning.infotext): pure, no webui."""
 
 from __future__ import annotations
 
 import pytest
 
-from skip_tuning_core import DEFAULT_RHO_BOTTOM, DEFAULT_RHO_TOP, SkipTuningError
-from skip_tuning_core.infotext import (
+from skip_tuning import DEFAULT_RHO_BOTTOM, DEFAULT_RHO_TOP, SkipTuningError
+from skip_tuning.infotext import (
     HIRES_PASS_CHOICES,
     INFOTEXT_KEYS,
     KEY_ENABLED,

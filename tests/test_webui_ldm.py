@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skip_tuning_core import SkipScalingHooks, count_long_skips, rho_schedule, skip_channel_plan
+from skip_tuning import SkipScalingHooks, count_long_skips, rho_schedule, skip_channel_plan
 
 pytest.importorskip("ldm.modules.diffusionmodules.openaimodel", reason="stable-diffusion-sdkit (ldm) is not installed")
 

@@ -32,8 +32,8 @@ from webui_real.harness import (
     decode,
 )
 
-from skip_tuning_core.infotext import KEY_ENABLED, KEY_END, KEY_PASSES, KEY_RHO_BOTTOM, KEY_RHO_TOP, KEY_START
-from skip_tuning_webui.common import REFINER_UNTUNED
+from skip_tuning.infotext import KEY_ENABLED, KEY_END, KEY_PASSES, KEY_RHO_BOTTOM, KEY_RHO_TOP, KEY_START
+from skip_tuning.webui.common import REFINER_UNTUNED
 
 pytest.importorskip("PIL.Image", reason="Pillow is needed to compare the webui's images")
 

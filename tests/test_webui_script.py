@@ -25,13 +25,13 @@ pytest.importorskip("ldm.modules.diffusionmodules.openaimodel", reason="stable-d
 import webui_stub  # noqa: E402
 from webui_stub import unets  # noqa: E402
 
-from skip_tuning_core import DEFAULT_RHO_BOTTOM, DEFAULT_RHO_TOP, rho_schedule, skip_channel_plan  # noqa: E402
-from skip_tuning_webui import a1111, common  # noqa: E402
+from skip_tuning import DEFAULT_RHO_BOTTOM, DEFAULT_RHO_TOP, rho_schedule, skip_channel_plan  # noqa: E402
+from skip_tuning.webui import a1111, common  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT_FILE = REPO / "scripts" / "skip_tuning.py"
 XYZ_FILE = Path(webui_stub.STUB_DIR) / "xyz_grid.py"
-IMPL = "skip_tuning_sd_webui_script"  # the name scripts/skip_tuning.py imports sd_webui_script.py under
+IMPL = "skip_tuning.webui.script"  # the module scripts/skip_tuning.py imports the Script class from
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -150,7 +150,7 @@ def factors_by_block(records):
 
 
 def test_importable_without_a_webui():
-    """sd_webui_script imports neither gradio nor modules.* at import time."""
+    """The webui package imports neither gradio nor modules.* at import time."""
     code = textwrap.dedent("""
         import importlib.abc, sys
         class Block(importlib.abc.MetaPathFinder):
@@ -158,8 +158,8 @@ def test_importable_without_a_webui():
                 if name.split(".")[0] in ("gradio", "modules"):
                     raise ImportError("no webui here: " + name)
         sys.meta_path.insert(0, Block())
-        import sd_webui_script
-        assert sd_webui_script.TITLE == "Skip Tuning"
+        import skip_tuning.webui.script as script
+        assert script.TITLE == "Skip Tuning"
         print("ok")
     """)
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -174,7 +174,6 @@ def test_scripts_file_exposes_exactly_one_script(webui):
     cls = ours[0].script_class
     assert cls.__name__ == "SkipTuningScript" and cls.__module__ == IMPL
     assert issubclass(cls, webui.scripts.Script)
-    assert "sd_webui_script" not in [d.module.__name__ for d in ours]  # no bare, collision-prone name
     assert webui.ours(webui.txt2img).alwayson and webui.ours(webui.img2img).alwayson
 
 

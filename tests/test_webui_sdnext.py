@@ -4,7 +4,7 @@ The stand-in is not SD.Next: it reimplements the contracts the script relies on 
 process_images' order with before/after_process callbacks around it, postprocess skipped after an
 interrupt or error, per-pipeline-call step counting, hires and refiner passes, the detailer's nested
 process_images_inner). The U-Nets are real diffusers UNet2DConditionModels and the hooks are the
-diffusers adapter's (skip_tuning_diffusers); the real SD.Next runs in tests/test_webui_real_sdnext.py.
+diffusers adapter's (skip_tuning.diffusers); the real SD.Next runs in tests/test_webui_real_sdnext.py.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ pytest.importorskip("diffusers", reason="diffusers is not installed")
 import webui_stub  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 
-from skip_tuning_diffusers import apply_skip_tuning  # noqa: E402
-from skip_tuning_webui import common, sdnext  # noqa: E402
+from skip_tuning.diffusers import apply_skip_tuning  # noqa: E402
+from skip_tuning.webui import common, sdnext  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT_FILE = REPO / "scripts" / "skip_tuning.py"
-IMPL = "skip_tuning_sd_webui_script"
+IMPL = "skip_tuning.webui.script"
 N_ARGS = 6
 
 

@@ -1,22 +1,22 @@
 """Skip Tuning for Automatic1111, Forge, reForge and SD.Next: the Script class, which hands each generation to
-the host's path in ``skip_tuning_webui`` (one module per host).
+the host's module in this package.
 
-* A1111 (ldm/sgm U-Nets, ``skip_tuning_webui.a1111``): pre-hooks on ``diffusion_model.output_blocks``,
-  attached for the duration of each pass's sampler call (A1111 1.9 and older: from process_batch/before_hr).
-* Forge / reForge (``skip_tuning_webui.forge``): the core's output-block patch on a clone of
-  ``p.sd_model.forge_objects.unet``, per pass.
-* SD.Next (diffusers pipelines, ``skip_tuning_webui.sdnext``): the diffusers adapter's hooks on
-  ``shared.sd_model``'s U-Net for the generation, switched per pass and window by a pre-hook.
+* A1111 (ldm/sgm U-Nets, ``a1111``): pre-hooks on ``diffusion_model.output_blocks``, attached for the duration of
+  each pass's sampler call (A1111 1.9 and older: from process_batch/before_hr).
+* Forge / reForge (``forge``): the core's output-block patch on a clone of ``p.sd_model.forge_objects.unet``,
+  per pass.
+* SD.Next (diffusers pipelines, ``sdnext``): the diffusers adapter's hooks on ``shared.sd_model``'s U-Net for
+  the generation, switched per pass and window by a pre-hook.
 
 The host is recognised at run time: SD.Next by ``modules.shared.native``, Forge by ``p.sd_model.forge_objects``,
-A1111 by everything else. Start/end follow the pass's sampling progress on every host. This file imports neither
+A1111 by everything else. Start/end follow the pass's sampling progress on every host. This module imports neither
 gradio nor ``modules.*`` at import time, so it loads without a webui; the package's own modules are imported
 here, at import time, because A1111 keeps the extension folder on sys.path only while it loads ``scripts/``.
 """
 
 from __future__ import annotations
 
-from skip_tuning_core.infotext import (
+from ..infotext import (
     HIRES_PASS_CHOICES,
     KEY_ENABLED,
     KEY_END,
@@ -28,8 +28,8 @@ from skip_tuning_core.infotext import (
     WebuiParams,
     paste_values,
 )
-from skip_tuning_webui import a1111, forge, sdnext, xyz
-from skip_tuning_webui.common import (
+from . import a1111, forge, sdnext, xyz
+from .common import (
     ARG_NAMES,
     P_PARAMS,
     TITLE,

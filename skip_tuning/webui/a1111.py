@@ -11,9 +11,8 @@ checkpoint gets the right U-Net and its own channel plan. A1111 1.9 and older ne
 
 from __future__ import annotations
 
-from skip_tuning_core import SkipScalingHooks, count_long_skips, rho_schedule
-from skip_tuning_core.infotext import WebuiParams
-
+from .. import SkipScalingHooks, count_long_skips, rho_schedule
+from ..infotext import WebuiParams
 from .common import NO_LONG_SKIPS, drop_infotext, logger, progress_gate, warn, warn_refiner
 
 _LIVE_HOOKS: list = []  # hook sets attached by this module and not yet removed

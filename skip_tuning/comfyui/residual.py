@@ -1,6 +1,6 @@
 """What the Residual Tuning node (experimental) does: Skip-Tuning's idea on a DiT's per-block residuals.
 
-A thin adapter over ``skip_tuning_core.residual``; the node class is in ``skip_tuning_comfy_nodes``. The
+A thin adapter over the core's ``residual``; the node class is in ``nodes``. The
 evidence behind it and its limits are in docs/results.md (Residual Tuning on a DiT). Nothing from
 ComfyUI is imported at module level.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from .skip_tuning_core import (
+from .. import (
     SUPPORTED_DITS,
     block_factors,
     find_residual_layout,
@@ -18,7 +18,7 @@ from .skip_tuning_core import (
     validate_rho,
     validate_start_fraction,
 )
-from .skip_tuning_nodes import (
+from .adapter import (
     check_skip_tuning_inputs,
     describe_model,
     diffusion_model_of,

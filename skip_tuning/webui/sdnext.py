@@ -1,5 +1,5 @@
 """SD.Next (vladmandic/sdnext, diffusers only since 2025): Skip Tuning on ``shared.sd_model``'s U-Net (or U-ViT
-transformer) through the diffusers adapter, ``skip_tuning_diffusers``.
+transformer) through the diffusers adapter, ``skip_tuning.diffusers``.
 
 Detection: ``modules.shared.native`` is SD.Next's "diffusers backend" flag. Only SD.Next defines it, and it is
 True on every SD.Next since the original (ldm) backend was removed; an older SD.Next running its original
@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import logging
 
-from skip_tuning_core import SkipTuningError
-from skip_tuning_core.infotext import WebuiParams
-from skip_tuning_diffusers import apply_skip_tuning
-from skip_tuning_diffusers.tuning import resolve_model
-
+from .. import SkipTuningError
+from ..diffusers import apply_skip_tuning
+from ..diffusers.tuning import resolve_model
+from ..infotext import WebuiParams
 from .common import (
     NO_LONG_SKIPS,
     REFINER_UNTUNED,

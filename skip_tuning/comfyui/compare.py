@@ -6,7 +6,7 @@ output-block patch), then decoded with the VAE. The grid is labelled with PIL's
 built-in font. A second grid of the same size shows each cell's amplified difference
 from the untuned cell of its column, so small changes are visible.
 
-The node class is in ``skip_tuning_comfy_nodes``. ComfyUI is imported only inside
+The node class is in ``nodes``. ComfyUI is imported only inside
 ``sample_sweep``, so the list parsing and the grid drawing can be used and tested without it.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .skip_tuning_core import SkipTuningError, find_skip_layout, parse_rho_list, validate_rho
-from .skip_tuning_nodes import apply_skip_tuning, diffusion_model_of
+from .. import SkipTuningError, find_skip_layout, parse_rho_list, validate_rho
+from .adapter import apply_skip_tuning, diffusion_model_of
 
 MAX_STEPS = 10000
 MAX_CELLS = 64

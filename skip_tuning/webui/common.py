@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Callable
 
-from skip_tuning_core import SkipTuningError
-from skip_tuning_core.infotext import INFOTEXT_KEYS, WebuiParams, encode_infotext, make_params
+from .. import SkipTuningError
+from ..infotext import INFOTEXT_KEYS, WebuiParams, encode_infotext, make_params
 
 logger = logging.getLogger("skip_tuning")
 

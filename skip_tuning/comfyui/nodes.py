@@ -2,7 +2,7 @@
 
 Only ComfyUI imports this module (through the pack's ``comfy_entrypoint``; the tests once ComfyUI is
 importable): it needs ``comfy_api``. The nodes do no work of their own; each calls a host-free adapter
-function (``skip_tuning_nodes``, ``skip_tuning_compare``, ``skip_tuning_residual``). Written against the
+function (``adapter``, ``compare``, ``residual``). Written against the
 V3 API as ComfyUI 0.3.64 has it (the oldest release tested) and still current in 0.33.0; what later
 releases added (search aliases) is used where this ComfyUI has it.
 
@@ -17,8 +17,7 @@ import importlib
 
 from comfy_api.latest import ComfyExtension, io
 
-from .skip_tuning_compare import check_sweep_inputs, sample_sweep
-from .skip_tuning_core import (
+from .. import (
     DEFAULT_RHO_BOTTOM,
     DEFAULT_RHO_TOP,
     KNOWN_SKIP_COUNTS,
@@ -27,8 +26,9 @@ from .skip_tuning_core import (
     SUPPORTED_DITS,
     SkipTuningError,
 )
-from .skip_tuning_nodes import apply_skip_tuning, check_skip_tuning_inputs
-from .skip_tuning_residual import (
+from .adapter import apply_skip_tuning, check_skip_tuning_inputs
+from .compare import check_sweep_inputs, sample_sweep
+from .residual import (
     DEFAULT_RHO_FIRST,
     DEFAULT_RHO_LAST,
     apply_residual_tuning,

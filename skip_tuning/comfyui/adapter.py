@@ -1,6 +1,6 @@
-"""What the Skip Tuning nodes do in ComfyUI: a thin adapter over ``skip_tuning_core``.
+"""What the Skip Tuning nodes do in ComfyUI: a thin adapter over the core (``skip_tuning``).
 
-The node classes themselves (ComfyUI's V3 schema) are in ``skip_tuning_comfy_nodes``, which only
+The node classes themselves (ComfyUI's V3 schema) are in ``nodes``, which only
 ComfyUI imports. Nothing from ComfyUI is imported here at module level, so this module imports
 without a host (tests, A1111).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from .skip_tuning_core import (
+from .. import (
     CONTROL_OUTPUTS_KEY,
     OUTPUT_BLOCK_PATCH,
     SamplingWindow,

@@ -4,9 +4,8 @@
 
 from __future__ import annotations
 
-from skip_tuning_core import SkipTuningError, validate_rho
-from skip_tuning_core.infotext import parse_bool
-
+from .. import SkipTuningError, validate_rho
+from ..infotext import parse_bool
 from .common import XYZ_ENABLED, XYZ_RHO_BOTTOM, XYZ_RHO_TOP
 
 XYZ_LABEL_PREFIX = "[Skip Tuning] "

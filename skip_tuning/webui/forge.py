@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from skip_tuning_core import count_long_skips, make_output_block_patch, rho_schedule
-from skip_tuning_core.infotext import WebuiParams
-
+from .. import count_long_skips, make_output_block_patch, rho_schedule
+from ..infotext import WebuiParams
 from .common import NO_LONG_SKIPS, drop_infotext, progress_gate, warn
 
 _PATCH_MARK = "skip_tuning_patch"

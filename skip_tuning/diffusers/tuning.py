@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from skip_tuning_core import (
+from .. import (
     SUPPORTED_DITS,
     SkipTuningError,
     block_factors,
@@ -27,7 +27,6 @@ from skip_tuning_core import (
     validate_rho,
     validate_start_fraction,
 )
-
 from .layouts import (
     RESIDUAL_CLASSES,
     U_VIT_CLASSES,
