@@ -231,6 +231,30 @@ def test_refiner_steps_are_not_tuned_and_a_warning_says_so(host, unet, warnings_
     assert hook_count(refiner) == 0
 
 
+def sdnext_log_views():
+    """What SD.Next shows so far: (console, log file, the UI's log view), as the stand-in records them."""
+    from modules import logger
+
+    return logger.console_stream.getvalue(), logger.file_stream.getvalue(), "\n".join(logger.log.buffer)
+
+
+@pytest.mark.parametrize("after_traceback", [False, True], ids=["fresh", "after-a-host-traceback"])
+def test_warnings_and_errors_reach_the_console_the_log_file_and_the_ui_log(host, unet, after_traceback):
+    """SD.Next's UI-log handler keeps a record's args after replacing its message, and its traceback printer moves
+    the console handler behind that one (both reproduced by the stand-in): every view must still show ours."""
+    from modules.logger import log
+
+    if after_traceback:
+        log.traceback(RuntimeError("a host error"))
+    host.processing.process_images(host.p(True, -1.0, 1.0, steps=1))
+    host.load(unet, tiny_unet(5))
+    host.processing.process_images(host.p(True, 0.8, 1.0, enable_hr=True, hr_steps=1, refiner_steps=1,
+                                          refiner_start=0.5))
+    for view in sdnext_log_views():
+        assert "Skip Tuning is off for this generation: rho_bottom" in view
+        assert common.REFINER_UNTUNED in view
+
+
 @pytest.mark.parametrize("how", ["interrupt", "runtime-error", "key-error"])
 def test_nothing_survives_an_interrupt_or_an_error(host, unet, how):
     """postprocess does not run after any of these: the after_process callback removes the hooks."""

@@ -11,7 +11,23 @@ from typing import Any, Callable
 from .. import SkipTuningError
 from ..infotext import INFOTEXT_KEYS, WebuiParams, encode_infotext, make_params
 
+
+class _FormatFirst(logging.Filter):
+    """Hand the handlers a record whose message is already formatted.
+
+    SD.Next's UI-log handler (the ring buffer behind ``/sdapi/v1/log``) replaces ``record.msg`` with the
+    formatted text but keeps ``record.args``: formatting that record again raises inside the handler's
+    ``except``, so the UI never shows it, and every handler after it (the console, once SD.Next's traceback
+    printer has moved the console handler to the end) drops it in its filter.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = record.getMessage(), None
+        return True
+
+
 logger = logging.getLogger("skip_tuning")
+logger.addFilter(_FormatFirst())
 
 TITLE = "Skip Tuning"
 
