@@ -24,7 +24,18 @@ COMFY_SAMPLERS = {
     "lms": "lms",
     "lcm": "lcm",
     "dpmpp_sde": "dpmpp_sde",
+    "unipc_bh2": "uni_pc_bh2",
+    "deis": "deis",
+    "res_multistep": "res_multistep",
+    "ipndm": "ipndm",
+    "er_sde": "er_sde",
+    "euler_cfg_pp": "euler_cfg_pp",
+    "dpmpp_2m_cfg_pp": "dpmpp_2m_cfg_pp",
 }
+# KSampler's schedulers (comfy.samplers.SCHEDULER_NAMES) measured, and the optimized step schedules ComfyUI ships
+# as SIGMAS nodes for SamplerCustom: AlignYourSteps (its SD1 schedule) and GITS (coefficient 1.20, its default).
+KSAMPLER_SCHEDULERS = ("normal", "karras", "exponential", "sgm_uniform", "beta", "kl_optimal")
+OPTIMIZED_SCHEDULES = ("ays", "gits")
 
 
 def comfy_unet_config(unet_kwargs: dict) -> dict:
@@ -200,11 +211,32 @@ def skip_tuned(patcher, rho_bottom: float, rho_top: float = 1.0):
     return apply_skip_tuning(patcher, rho_bottom, rho_top)
 
 
+def optimized_sigmas(schedule: str, steps: int) -> torch.Tensor:
+    """The sigmas ComfyUI's AlignYourStepsScheduler ("SD1") or GITSScheduler (coeff 1.20) node outputs at full
+    denoise, computed by the node class itself (V3 ``execute`` or V1 ``get_sigmas``)."""
+    if schedule == "ays":
+        from comfy_extras.nodes_align_your_steps import AlignYourStepsScheduler as node
+
+        args = ("SD1", steps, 1.0)
+    elif schedule == "gits":
+        from comfy_extras.nodes_gits import GITSScheduler as node
+
+        args = (1.20, steps, 1.0)
+    else:
+        raise ValueError(f"unknown optimized schedule {schedule!r}; known: {OPTIMIZED_SCHEDULES}")
+    execute = getattr(node, "execute", None)
+    result = execute(*args) if execute is not None else node().get_sigmas(*args)
+    return getattr(result, "result", result)[0]
+
+
 @torch.no_grad()
 def comfy_sample_latents(patcher, table, labels, sampler: str, steps: int, cfg: float, noise: torch.Tensor,
                          seed: int, scheduler: str = "normal", kind: str = "unet") -> torch.Tensor:
-    """Latents for ``labels`` from comfy.sample.sample, one call per class (conditioning is per batch)."""
+    """Latents for ``labels``, one call per class (conditioning is per batch): comfy.sample.sample (KSampler) for
+    its schedulers; for an optimized schedule its node's sigmas and comfy.sample.sample_custom, as SamplerCustom
+    runs them."""
     import comfy.sample
+    import comfy.samplers
 
     from skip_tuning_demo.model import NULL_INDEX
 
@@ -217,9 +249,16 @@ def comfy_sample_latents(patcher, table, labels, sampler: str, steps: int, cfg: 
         batch_noise = noise[index].contiguous()
         latent = torch.zeros_like(batch_noise)
         with torch.inference_mode():
-            samples = comfy.sample.sample(
-                patcher, batch_noise, steps, cfg, COMFY_SAMPLERS[sampler], scheduler, positive, negative, latent,
-                seed=seed + cls, disable_pbar=True,
-            )
+            if scheduler in OPTIMIZED_SCHEDULES:
+                samples = comfy.sample.sample_custom(
+                    patcher, batch_noise, cfg, comfy.samplers.sampler_object(COMFY_SAMPLERS[sampler]),
+                    optimized_sigmas(scheduler, steps), positive, negative, latent, seed=seed + cls,
+                    disable_pbar=True,
+                )
+            else:
+                samples = comfy.sample.sample(
+                    patcher, batch_noise, steps, cfg, COMFY_SAMPLERS[sampler], scheduler, positive, negative,
+                    latent, seed=seed + cls, disable_pbar=True,
+                )
         out[index] = samples.float()
     return out

@@ -31,6 +31,8 @@ Backends:
     python3 benchmarks/quality.py --model lcm_unet --preset distilled       # the LCM student through KSampler
     python3 benchmarks/quality.py --model unet --preset distilled_base      # the base at the same evaluations
     python3 benchmarks/distilled_report.py --docs docs/results              # side by side (docs/results/distilled.md)
+    python3 benchmarks/quality.py --preset schedulers --threads 1           # schedulers, AYS/GITS, newer samplers
+    python3 benchmarks/schedulers_report.py --docs docs/results             # docs/results/schedulers.md
 
 Presets run in stages; a stage may sample only the best rho_bottom of an earlier stage
 (selected on seed block 0, then measured on fresh blocks so the choice does not flatter it).
@@ -43,6 +45,7 @@ import json
 import os
 import sys
 import time
+from typing import NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
@@ -62,6 +65,62 @@ REFERENCE_STEPS = 50
 
 GRID_SAMPLERS_BUT_HEUN = [s for s in ALL_SAMPLERS if s != "heun"]
 DISTILLED_RHOS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
+DEFAULT_SCHEDULER = "normal"  # KSampler's default; its keys carry no scheduler, so older stores read unchanged
+
+# The schedulers preset: KSampler's schedulers and ComfyUI's optimized step schedules (AlignYourSteps' SD1
+# schedule, GITS), the presets table's sampler families and the newer samplers, at 4, 6 and 10 steps.
+SCHEDULER_RHOS = (0.6, 0.8, 0.9, 1.0, 1.1)
+TABLE_SAMPLERS = ("euler", "dpmpp_2m", "euler_a")
+OTHER_KSAMPLER_SCHEDULERS = ("exponential", "sgm_uniform", "beta", "kl_optimal")
+NEWER_SAMPLERS = ("dpmpp_2m_sde", "unipc_bh2", "deis", "res_multistep", "ipndm", "er_sde", "euler_cfg_pp",
+                  "dpmpp_2m_cfg_pp")
+CFG_PP_SAMPLERS = ("euler_cfg_pp", "dpmpp_2m_cfg_pp")  # they evaluate the unconditional model at CFG 1 too
+
+
+def screen_and_confirm(samplers, schedulers, steps, cfgs, tier: int, models=None, rhos=SCHEDULER_RHOS,
+                       confirm_blocks=(1,)):
+    """Per cell (sampler, scheduler, steps, cfg), in this order: a rho screen on block 0, then plain vs the
+    screen's best on fresh blocks. Cells come one after another, so a run stopped anywhere leaves every
+    finished cell confirmed; the schedulers of one (sampler, steps, cfg) come together, for comparison."""
+    stages = []
+    for n in steps:
+        for cfg in cfgs:
+            for sampler in samplers:
+                for scheduler in schedulers:
+                    cell = dict(samplers=[sampler], schedulers=[scheduler], steps=[n], cfgs=[cfg], tier=tier)
+                    if models:
+                        cell["models"] = list(models)
+                    stages.append(dict(cell, rhos=list(rhos), blocks=[0]))
+                    stages.append(dict(cell, rhos="best", blocks=list(confirm_blocks)))
+    return stages
+
+
+def schedulers_stages():
+    """The schedulers preset, most important question first: does Skip Tuning still gain on the optimized
+    schedules (AlignYourSteps, GITS), against karras and normal, and is the best rho the same?"""
+    first = ["ays", "gits", "karras", "normal"]
+    others = list(OTHER_KSAMPLER_SCHEDULERS)
+    return [
+        # Tier 1: the U-Net, the table's sampler families, 4 schedulers; 4 steps first (where the gains are).
+        *screen_and_confirm(TABLE_SAMPLERS, first, [4, 6, 10], [1.0, 4.0], tier=1, models=["unet"]),
+        # Tier 2: plain step curves on the confirmation's seeds, for the equal-quality view.
+        dict(samplers=list(TABLE_SAMPLERS), schedulers=first, steps=[8, 15], cfgs=[1.0, 4.0], rhos=[1.0],
+             blocks=[1], tier=2, models=["unet"]),
+        # Tier 3: the same question on the wide U-Net and the U-ViT.
+        *screen_and_confirm(TABLE_SAMPLERS, first, [4, 6, 10], [1.0, 4.0], tier=3, models=["wide_unet", "uvit"]),
+        # Tier 4: the other KSampler schedulers; tier 5: the newer samplers (U-Net).
+        *screen_and_confirm(TABLE_SAMPLERS, others, [4, 6], [1.0, 4.0], tier=4, models=["unet"]),
+        *screen_and_confirm(NEWER_SAMPLERS, ["normal", "ays"], [4, 6], [1.0, 4.0], tier=5, models=["unet"]),
+    ]
+
+
+class Job(NamedTuple):
+    sampler: str
+    steps: int
+    cfg: float
+    rho: float
+    block: int
+    scheduler: str = DEFAULT_SCHEDULER
 
 
 def grid_completion(samplers, cfg):
@@ -183,6 +242,16 @@ PRESETS = {
             dict(samplers=["dpmpp_2m"], steps=[15, 25], cfgs=[4.0], rhos=[1.0], blocks=[1, 2]),
         ],
     },
+    # Schedulers, optimized step schedules and newer samplers through KSampler / SamplerCustom on the three
+    # models, tier by tier (a tier on every model before the next tier); each cell screened on block 0 and its
+    # best confirmed on 250 fresh paired samples. benchmarks/schedulers_report.py reads the stores.
+    "schedulers": {
+        "backend": "comfy",
+        "block_size": BLOCK_SIZE,
+        "models": ["unet", "wide_unet", "uvit"],
+        "store": "schedulers",
+        "stages": schedulers_stages(),
+    },
     "comfy": {
         "backend": "comfy",
         "block_size": BLOCK_SIZE,
@@ -218,8 +287,10 @@ PRESETS = {
 }
 
 
-def config_key(backend: str, sampler: str, steps: int, cfg: float, rho: float, block: int, n: int) -> str:
-    return f"{backend}_{sampler}_s{steps}_cfg{cfg:g}_rho{rho:.2f}_b{block}_n{n}"
+def config_key(backend: str, sampler: str, steps: int, cfg: float, rho: float, block: int, n: int,
+               scheduler: str = DEFAULT_SCHEDULER) -> str:
+    key = f"{backend}_{sampler}_s{steps}_cfg{cfg:g}_rho{rho:.2f}_b{block}_n{n}"
+    return key if scheduler == DEFAULT_SCHEDULER else f"{key}_{scheduler}"
 
 
 def block_seeds(block: int, block_size: int):
@@ -234,7 +305,16 @@ def nfe(sampler: str, steps: int) -> int:
     return 2 * steps - 1 if sampler in ("heun", "dpmpp_sde") else steps
 
 
-def default_store(model: str) -> str:
+def units(job: Job, block_size: int) -> int:
+    """Sample x network evaluations of a job (cond + uncond count twice: they double the work on a CPU)."""
+    guided = job.cfg != 1.0 or job.sampler in CFG_PP_SAMPLERS
+    return block_size * nfe(job.sampler, job.steps) * (2 if guided else 1)
+
+
+def default_store(model: str, preset: dict | None = None) -> str:
+    name = (preset or {}).get("store")
+    if name:
+        return os.path.join(os.path.dirname(DEFAULT_STORE), f"{name}_{model}")
     return DEFAULT_STORE if model == "unet" else f"{DEFAULT_STORE}_{model}"
 
 
@@ -305,7 +385,7 @@ class Runner:
     def path(self, key: str) -> str:
         return os.path.join(self.store, "samples", key + ".npz")
 
-    def images(self, sampler, steps, cfg, rho, block):
+    def images(self, sampler, steps, cfg, rho, block, scheduler=DEFAULT_SCHEDULER):
         from skip_tuning import SkipScalingHooks, rho_schedule
         from skip_tuning_demo.model import unpack_latents
         from skip_tuning_demo.sampling import make_noise, sample
@@ -316,8 +396,11 @@ class Runner:
             from _comfy_demo import comfy_sample_latents, skip_tuned
 
             latents = comfy_sample_latents(skip_tuned(self.patcher, rho), self.table, labels, sampler, steps, cfg,
-                                           noise, seed=step_seed, kind="uvit" if self.model == "uvit" else "unet")
+                                           noise, seed=step_seed, scheduler=scheduler,
+                                           kind="uvit" if self.model == "uvit" else "unet")
             return unpack_latents(latents).clamp(-1, 1), labels
+        if scheduler != DEFAULT_SCHEDULER:
+            raise SystemExit("schedulers other than the default are measured through ComfyUI: --backend comfy")
         if self.model == "uvit":
             from skip_tuning import find_skip_layout, with_skip_replace_patches
             from skip_tuning_demo.uvit import UViTDenoiser
@@ -333,31 +416,31 @@ class Runner:
                             batch_size=self.chunk)
         return images, labels
 
-    def run(self, sampler, steps, cfg, rho, block) -> dict:
-        key = config_key(self.backend, sampler, steps, cfg, rho, block, self.block_size)
+    def run(self, sampler, steps, cfg, rho, block, scheduler=DEFAULT_SCHEDULER) -> dict:
+        key = config_key(self.backend, sampler, steps, cfg, rho, block, self.block_size, scheduler)
         if os.path.exists(self.path(key)):
             return {"key": key, "cached": True}
         t0 = time.perf_counter()
         with torch.inference_mode():
-            images, labels = self.images(sampler, steps, cfg, rho, block)
+            images, labels = self.images(sampler, steps, cfg, rho, block, scheduler)
         seconds = time.perf_counter() - t0
         features = self.metrics.compute_features(images, self.classifier).astype(np.float32)
         predictions = self.metrics.predict(images, self.classifier).numpy().astype(np.int8)
         save_samples(self.path(key), features=features, predictions=predictions,
                      labels=labels.numpy().astype(np.int8), seconds=seconds)
-        units = self.block_size * nfe(sampler, steps) * (2 if cfg != 1.0 else 1)
-        rate = seconds / units
+        rate = seconds / units(Job(sampler, steps, cfg, rho, block, scheduler), self.block_size)
         self.seconds_per_unit = rate if self.seconds_per_unit is None else 0.8 * self.seconds_per_unit + 0.2 * rate
         accuracy = float((predictions == labels.numpy()).mean())
         return {"key": key, "seconds": seconds, "accuracy": accuracy}
 
 
-def screened_best(store: str, backend: str, sampler: str, steps: int, cfg: float, rhos, n: int) -> float | None:
+def screened_best(store: str, backend: str, sampler: str, steps: int, cfg: float, rhos, n: int,
+                  scheduler: str = DEFAULT_SCHEDULER) -> float | None:
     """rho_bottom with the lowest FD on block 0 among the stored screen results."""
     from _stats import Reference, reference
 
-    paths = {rho: os.path.join(store, "samples", config_key(backend, sampler, steps, cfg, rho, 0, n) + ".npz")
-             for rho in rhos}
+    paths = {rho: os.path.join(store, "samples", config_key(backend, sampler, steps, cfg, rho, 0, n, scheduler)
+                               + ".npz") for rho in rhos}
     paths = {rho: path for rho, path in paths.items() if os.path.exists(path)}
     if not paths:
         return None
@@ -376,18 +459,19 @@ def plan(preset: dict, store: str, backend: str, stage_index: int):
     stage = preset["stages"][stage_index]
     jobs = []
     for sampler in stage["samplers"]:
-        for steps in stage["steps"]:
-            for cfg in stage["cfgs"]:
-                if stage["rhos"] == "best":
-                    screened_steps = stage.get("best_from_steps", steps)
-                    best = screened_best(store, backend, sampler, screened_steps, cfg,
-                                         [r for r in ALL_RHOS if r != 1.0], n)
-                    rhos = [1.0] if best is None else [1.0, best]
-                else:
-                    rhos = stage["rhos"]
-                for block in stage["blocks"]:
-                    for rho in rhos:
-                        jobs.append((sampler, steps, float(cfg), float(rho), block))
+        for scheduler in stage.get("schedulers", [DEFAULT_SCHEDULER]):
+            for steps in stage["steps"]:
+                for cfg in stage["cfgs"]:
+                    if stage["rhos"] == "best":
+                        screened_steps = stage.get("best_from_steps", steps)
+                        best = screened_best(store, backend, sampler, screened_steps, cfg,
+                                             [r for r in ALL_RHOS if r != 1.0], n, scheduler)
+                        rhos = [1.0] if best is None else [1.0, best]
+                    else:
+                        rhos = stage["rhos"]
+                    for block in stage["blocks"]:
+                        for rho in rhos:
+                            jobs.append(Job(sampler, steps, float(cfg), float(rho), block, scheduler))
     return jobs
 
 
@@ -395,44 +479,72 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="headline")
     parser.add_argument("--backend", choices=["diffusers", "comfy"], help="default: the preset's")
-    parser.add_argument("--model", choices=MODELS, default="unet",
-                        help="the bundled U-Net, the second (wide) U-Net or the demo U-ViT")
+    parser.add_argument("--model", choices=MODELS, nargs="+",
+                        help="the bundled U-Net, the second (wide) U-Net or the demo U-ViT (default: the preset's "
+                             "models, else unet); with several, each tier of stages runs on every model in turn")
     parser.add_argument("--device", default="cpu", help="torch device for the diffusers backend (cpu, cuda)")
     parser.add_argument("--chunk", type=int, default=SAMPLING_CHUNK,
                         help="images per network call; ancestral noise is drawn per chunk, so a store keeps one")
-    parser.add_argument("--out", help="result store (resumable; default outputs/benchmarks/quality[_<model>])")
+    parser.add_argument("--out", help="result store (resumable; default outputs/benchmarks/quality[_<model>], or the "
+                                      "preset's store name; with several models a {model} field is filled in)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stages", type=int, nargs="*", help="run only these stage indices")
+    parser.add_argument("--tiers", type=int, nargs="*", help="run only the stages of these tiers")
     parser.add_argument("--dry-run", action="store_true", help="list the jobs and the estimated cost")
     args = parser.parse_args(argv)
 
     set_threads(args.threads)
-    args.out = args.out or default_store(args.model)
     preset = PRESETS[args.preset]
+    models = args.model or preset.get("models", ["unet"])
+    if args.out and len(models) > 1 and "{model}" not in args.out:
+        raise SystemExit("several models need one store each: put {model} in --out")
+    stores = {m: args.out.format(model=m) if args.out else default_store(m, preset) for m in models}
     backend = args.backend or preset.get("backend", "diffusers")
     block_size = preset["block_size"]
     stages = args.stages if args.stages else list(range(len(preset["stages"])))
-    print(f"preset {args.preset}, model {args.model}, backend {backend}, store {args.out}; {machine_summary()}",
+    tiers = sorted({preset["stages"][i].get("tier", 0) for i in stages})
+    if args.tiers:
+        tiers = [t for t in tiers if t in args.tiers]
+    print(f"preset {args.preset}, models {models}, backend {backend}, stores {stores}; {machine_summary()}",
           flush=True)
 
-    runner = None if args.dry_run else Runner(backend, args.out, block_size, args.model, args.device, args.chunk)
-    for stage_index in stages:
-        jobs = plan(preset, args.out, backend, stage_index)
-        units = sum(block_size * nfe(s, n) * (2 if c != 1.0 else 1) for s, n, c, _, _ in jobs)
-        print(f"stage {stage_index}: {len(jobs)} jobs, {units / 1e6:.2f} M sample-evaluations", flush=True)
-        if args.dry_run:
-            continue
-        for k, (sampler, steps, cfg, rho, block) in enumerate(jobs):
-            result = runner.run(sampler, steps, cfg, rho, block)
-            if result.get("cached"):
+    runners = {}
+    for tier in tiers:
+        for model in models:
+            if not any(model in preset["stages"][i].get("models", models) for i in stages
+                       if preset["stages"][i].get("tier", 0) == tier):
                 continue
-            left = sum(block_size * nfe(s, n) * (2 if c != 1.0 else 1) for s, n, c, _, _ in jobs[k + 1:])
-            eta = left * (runner.seconds_per_unit or 0.0) / 60
-            print(f"  [{k + 1}/{len(jobs)}] {result['key']}: {result['seconds']:.1f} s, "
-                  f"accuracy {result['accuracy']:.3f}; stage left ~{eta:.0f} min", flush=True)
-    with open(os.path.join(args.out, "meta.json") if not args.dry_run else os.devnull, "w", encoding="utf-8") as f:
-        json.dump({"block_size": block_size, "model": args.model, "device": args.device, "chunk": args.chunk,
-                   "machine": machine_summary()}, f)
+            store = stores[model]
+            if not args.dry_run and model not in runners:
+                runners[model] = Runner(backend, store, block_size, model, args.device, args.chunk)
+            runner = runners.get(model)
+            for stage_index in stages:
+                stage = preset["stages"][stage_index]
+                if stage.get("tier", 0) != tier or model not in stage.get("models", models):
+                    continue
+                jobs = plan(preset, store, backend, stage_index)
+                todo = [job for job in jobs if args.dry_run or not os.path.exists(runner.path(
+                    config_key(backend, job.sampler, job.steps, job.cfg, job.rho, job.block, block_size,
+                               job.scheduler)))]
+                if not todo:
+                    continue
+                cost = sum(units(job, block_size) for job in todo)
+                print(f"{model} stage {stage_index} (tier {tier}): {len(todo)} of {len(jobs)} jobs to run, "
+                      f"{cost / 1e6:.2f} M sample-evaluations", flush=True)
+                if args.dry_run:
+                    continue
+                for k, job in enumerate(todo):
+                    result = runner.run(*job)
+                    if result.get("cached"):
+                        continue
+                    left = sum(units(j, block_size) for j in todo[k + 1:])
+                    eta = left * (runner.seconds_per_unit or 0.0) / 60
+                    print(f"  [{k + 1}/{len(todo)}] {result['key']}: {result['seconds']:.1f} s, "
+                          f"accuracy {result['accuracy']:.3f}; stage left ~{eta:.0f} min", flush=True)
+            if not args.dry_run:
+                with open(os.path.join(store, "meta.json"), "w", encoding="utf-8") as f:
+                    json.dump({"block_size": block_size, "model": model, "device": args.device, "chunk": args.chunk,
+                               "machine": machine_summary()}, f)
     return 0
 
 

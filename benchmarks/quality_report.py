@@ -27,31 +27,38 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from _common import REPO_ROOT  # noqa: E402
 from _stats import Reference, paired_bootstrap, paired_interval, paired_verdict, reference  # noqa: E402
-from quality import MODELS, REFERENCE_STEPS, default_store  # noqa: E402
+from quality import DEFAULT_SCHEDULER, MODELS, REFERENCE_STEPS, default_store  # noqa: E402
 
 LABELS = {
     "euler": "Euler", "heun": "Heun", "dpmpp_2m": "DPM++ 2M", "unipc": "UniPC", "ddim": "DDIM",
     "euler_a": "Euler a", "dpmpp_2m_sde": "DPM++ 2M SDE", "lms": "LMS", "lcm": "LCM", "dpmpp_sde": "DPM++ SDE",
+    "unipc_bh2": "UniPC bh2", "deis": "DEIS", "res_multistep": "res_multistep", "ipndm": "iPNDM", "er_sde": "ER-SDE",
+    "euler_cfg_pp": "Euler CFG++", "dpmpp_2m_cfg_pp": "DPM++ 2M CFG++",
 }
 SAMPLER_ORDER = {sampler: i for i, sampler in enumerate(LABELS)}  # rows, panels and plot colours
 FAMILY = {
     "euler": "single-step ODE", "heun": "single-step ODE (2nd order)", "ddim": "single-step ODE",
     "dpmpp_2m": "multistep ODE", "unipc": "multistep ODE", "euler_a": "stochastic (ancestral)",
     "dpmpp_2m_sde": "stochastic (SDE)", "lcm": "consistency (LCM)", "dpmpp_sde": "stochastic (SDE)",
+    "unipc_bh2": "multistep ODE", "deis": "multistep ODE", "res_multistep": "multistep ODE", "ipndm": "multistep ODE",
+    "er_sde": "stochastic (SDE)", "euler_cfg_pp": "single-step ODE, CFG++", "dpmpp_2m_cfg_pp": "multistep ODE, CFG++",
 }
 KEY = re.compile(r"^(?P<backend>[a-z]+)_(?P<sampler>[a-z0-9_]+)_s(?P<steps>\d+)_cfg(?P<cfg>[\d.]+)"
-                 r"_rho(?P<rho>[\d.]+)_b(?P<block>\d+)_n(?P<n>\d+)$")
+                 r"_rho(?P<rho>[\d.]+)_b(?P<block>\d+)_n(?P<n>\d+)(?:_(?P<scheduler>[a-z0-9_]+))?$")
 N_BOOT = 200
 EQUAL_QUALITY_STEPS = (4, 6, 10)  # the figure says what few Skip-Tuned steps are worth in plain steps
 
 
 class Store:
-    def __init__(self, path: str):
+    """The samples of one scheduler (quality.py's keys name it unless it is KSampler's default)."""
+
+    def __init__(self, path: str, scheduler: str = DEFAULT_SCHEDULER):
         self.path = path
+        self.scheduler = scheduler
         self.entries = {}
         for file in glob.glob(os.path.join(path, "samples", "*.npz")):
             match = KEY.match(os.path.basename(file)[:-4])
-            if not match:
+            if not match or (match["scheduler"] or DEFAULT_SCHEDULER) != scheduler:
                 continue
             g = match.groupdict()
             key = (g["backend"], g["sampler"], int(g["steps"]), float(g["cfg"]), float(g["rho"]), int(g["block"]))

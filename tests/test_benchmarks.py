@@ -145,7 +145,7 @@ def test_presets_plan_the_specified_grid():
 
     full = plan(PRESETS["full"], "/nonexistent", "diffusers", 0)
     assert len(full) == len(ALL_SAMPLERS) * len(ALL_STEPS) * 2 * len(ALL_RHOS) * 4
-    assert {rho for *_, rho, _ in full} >= {0.6, 1.0, 1.2}
+    assert {job.rho for job in full} >= {0.6, 1.0, 1.2}
     assert nfe("heun", 10) == 19 and nfe("euler", 10) == 10
     # the headline preset screens the whole grid (on one seed block)
     headline = PRESETS["headline"]
@@ -154,7 +154,7 @@ def test_presets_plan_the_specified_grid():
     assert screened >= {(s, n, c, r) for s in ALL_SAMPLERS for n in ALL_STEPS for c in (1.0, 4.0) for r in ALL_RHOS}
     # "best" stages fall back to plain when nothing has been screened yet
     confirm = plan(PRESETS["headline"], "/nonexistent", "diffusers", 1)
-    assert confirm and all(rho == 1.0 for *_, rho, _ in confirm)
+    assert confirm and all(job.rho == 1.0 for job in confirm)
 
 
 def test_peak_tensor_memory_counts_live_storage():
@@ -237,3 +237,116 @@ def test_demo_uvit_in_comfy_matches_the_direct_path(comfy):
             torch.testing.assert_close(UViTDenoiser(patcher.model.diffusion_model, options)(x, t, context),
                                        UViTDenoiser(net, options)(x, t, context), rtol=1e-5, atol=1e-5)
         assert not torch.allclose(UViTDenoiser(net, tuned_options)(x, t, context), UViTDenoiser(net)(x, t, context))
+
+
+def test_schedulers_preset_orders_cells_and_names_the_scheduler():
+    """The schedulers preset: tier 1 is the U-Net with the optimized schedules against karras and normal, 4 steps
+    first, each screen followed by its confirmation; keys name every scheduler but KSampler's default."""
+    from quality import PRESETS, config_key, plan
+
+    preset = PRESETS["schedulers"]
+    stages = preset["stages"]
+    tiers = [stage["tier"] for stage in stages]
+    assert tiers == sorted(tiers)
+    first = [stage for stage in stages if stage["tier"] == 1]
+    assert {s for stage in first for s in stage["schedulers"]} == {"ays", "gits", "karras", "normal"}
+    assert all(stage["models"] == ["unet"] for stage in first)
+    assert [stage["steps"] for stage in first[:8]] == [[4]] * 8
+    assert [stage["rhos"] == "best" for stage in first[:4]] == [False, True, False, True]
+    jobs = plan(preset, "/nonexistent", "comfy", 0)
+    assert {job.scheduler for job in jobs} == {"ays"} and {job.block for job in jobs} == {0}
+    assert {job.rho for job in jobs} >= {0.6, 1.0, 1.1}
+    assert config_key("comfy", "euler", 4, 1.0, 1.0, 0, 250) == "comfy_euler_s4_cfg1_rho1.00_b0_n250"
+    assert config_key("comfy", "euler", 4, 1.0, 1.0, 0, 250, "ays").endswith("_n250_ays")
+    # the confirmation falls back to plain only while nothing has been screened
+    assert [job.rho for job in plan(preset, "/nonexistent", "comfy", 1)] == [1.0]
+
+
+@pytest.mark.skipif(not HAVE_SCIPY, reason="scipy is not installed")
+def test_schedulers_report_confirms_per_schedule_and_compares_across(tmp_path, monkeypatch):
+    """Two schedules sharing seeds: each confirms its own screened best rho on the fresh block, the Store reads one
+    schedule at a time, an unconfirmed cell is pending, and the best Skip-Tuned setting is compared with the best
+    plain schedule on the fresh seeds."""
+    import schedulers_report
+    from quality import config_key
+    from quality_report import Store
+
+    dim, n = 4, 200
+    monkeypatch.setattr(schedulers_report, "reference", lambda: (np.zeros(dim), np.eye(dim)))
+    (tmp_path / "samples").mkdir()
+    labels = (np.arange(n) % 10).astype(np.int8)
+
+    def store(scheduler, steps, rho, block, offset, sampler="euler"):
+        features = np.random.default_rng(block).standard_normal((n, dim)) + offset
+        key = config_key("comfy", sampler, steps, 1.0, rho, block, n, scheduler)
+        np.savez(tmp_path / "samples" / (key + ".npz"), features=features, predictions=labels, labels=labels,
+                 seconds=1.0)
+
+    # normal: 0.8 helps at 4 steps; ays: plain is better already and 1.1 helps a little more
+    for block in (0, 1):
+        store("normal", 4, 1.0, block, 1.0)
+        store("normal", 4, 0.8, block, 0.6)
+        store("ays", 4, 1.0, block, 0.5)
+        store("ays", 4, 1.1, block, 0.4)
+    store("ays", 4, 0.8, 0, 0.9)
+    for steps, offset in ((6, 0.3), (10, 0.2)):
+        store("normal", steps, 1.0, 1, offset)
+        store("ays", steps, 1.0, 1, offset - 0.1)
+    store("karras", 4, 1.0, 0, 0.7)  # screened only: pending
+    store("karras", 4, 0.8, 0, 0.6)
+    assert sorted(Store(str(tmp_path)).values("rho")) == [0.8, 1.0]
+    assert sorted(Store(str(tmp_path), "ays").values("rho")) == [0.8, 1.0, 1.1]
+
+    m = schedulers_report.ModelResults(str(tmp_path), schedulers_report.Reference(np.zeros(dim), np.eye(dim)))
+    assert list(m.stores) == ["normal", "karras", "ays"]
+    normal = m.confirmed("normal", "euler", 4, 1.0)
+    ays = m.confirmed("ays", "euler", 4, 1.0)
+    assert (normal["rho"], normal["verdict"]) == (0.8, "better")
+    assert (ays["rho"], ays["verdict"]) == (1.1, "better")
+    assert m.confirmed("karras", "euler", 4, 1.0) is None
+
+    report = schedulers_report.Report({"unet": m})
+    rows, tops = report.run()
+    assert report.data["pending"] == [("unet", "karras", "euler", 4, 1.0)]
+    assert report.data["same_rho"]["unet"]["ays"] == dict(cells=1, same=0, same_side=0, base_held=1, both_held=1)
+    assert tops == []  # karras is screened but not confirmed: no claim across schedules yet
+    for block in (1,):
+        store("karras", 4, 1.0, block, 0.7)
+        store("karras", 4, 0.8, block, 0.6)
+    report = schedulers_report.Report({"unet": schedulers_report.ModelResults(
+        str(tmp_path), schedulers_report.Reference(np.zeros(dim), np.eye(dim)))})
+    _, tops = report.run()
+    (top,) = tops
+    assert (top["plain_scheduler"], top["tuned_scheduler"], top["rho"], top["verdict"]) == ("ays", "ays", 1.1, "better")
+    assert top["match"][0] == "at" and top["match_scheduler"] == "ays"  # between 4 and 6 plain AYS steps
+    assert "| U-Net (bundled) | 1 | Euler | 4 | AlignYourSteps (SD1): " in "\n".join(report.lines)
+
+
+@pytest.mark.comfyui
+def test_optimized_schedules_are_the_nodes_sigmas_run_as_sampler_custom(comfy):
+    """AlignYourSteps and GITS sigmas come from ComfyUI's own nodes, and the custom-sigmas path (SamplerCustom's
+    comfy.sample.sample_custom) given KSampler's own sigmas reproduces KSampler."""
+    import comfy.sample
+    import comfy.samplers
+    import comfy_helpers
+    from _comfy_demo import optimized_sigmas
+
+    ays = optimized_sigmas("ays", 4)
+    gits = optimized_sigmas("gits", 6)
+    assert len(ays) == 5 and len(gits) == 7 and ays[-1] == 0 and gits[-1] == 0
+    assert float(ays[0]) == pytest.approx(14.6146, abs=1e-3) and torch.all(ays[1:] < ays[:-1])
+    assert not torch.allclose(optimized_sigmas("ays", 6), gits)
+    with pytest.raises(ValueError):
+        optimized_sigmas("ays_sdxl", 4)
+
+    patcher = comfy_helpers.build_tiny_unet("sd1", seed=1)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 4, 8, 8, generator=gen)
+    cond = [[torch.randn(1, comfy_helpers.CONTEXT_TOKENS, comfy_helpers.CONTEXT_DIM, generator=gen), {}]]
+    latent = torch.zeros_like(noise)
+    ksampler = comfy.sample.sample(patcher, noise, 3, 1.0, "euler", "karras", cond, cond, latent, seed=0,
+                                   disable_pbar=True)
+    sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "karras", 3)
+    custom = comfy.sample.sample_custom(patcher, noise, 1.0, comfy.samplers.sampler_object("euler"), sigmas, cond,
+                                        cond, latent, seed=0, disable_pbar=True)
+    torch.testing.assert_close(custom, ksampler)
