@@ -125,6 +125,38 @@ class ModelResults:
         return {n: self.fd(scheduler, sampler, n, cfg, 1.0, FRESH) for n in steps}
 
 
+def progress(preset: dict, stores: dict) -> dict:
+    """Per tier: cells of the preset confirmed (both fresh-block files present) and cells in all; a stage of plain
+    runs counts its jobs."""
+    from quality import config_key, plan
+
+    done, total = {}, {}
+    n = preset["block_size"]
+    for index, stage in enumerate(preset["stages"]):
+        tier = stage.get("tier", 0)
+        for model in stage.get("models", preset.get("models", ["unet"])):
+            path = stores.get(model)
+            if stage["rhos"] != "best" and stage["blocks"] != [FRESH]:
+                continue  # a screen: its cell is counted by its confirmation
+            jobs = plan(preset, path or "/nonexistent", "comfy", index)
+            if stage["rhos"] == "best":
+                jobs = [j for j in jobs if j.rho == 1.0]  # one per cell; the tuned side is checked below
+            for job in jobs:
+                total[tier] = total.get(tier, 0) + 1
+                if path is None:
+                    continue
+                sample = os.path.join(path, "samples", "{}.npz")
+                keys = [config_key("comfy", job.sampler, job.steps, job.cfg, job.rho, job.block, n, job.scheduler)]
+                if stage["rhos"] == "best":
+                    tuned = plan(preset, path, "comfy", index)
+                    keys += [config_key("comfy", j.sampler, j.steps, j.cfg, j.rho, j.block, n, j.scheduler)
+                             for j in tuned if j.rho != 1.0 and (j.sampler, j.steps, j.cfg, j.scheduler)
+                             == (job.sampler, job.steps, job.cfg, job.scheduler)] or ["missing"]
+                if all(os.path.exists(sample.format(key)) for key in keys):
+                    done[tier] = done.get(tier, 0) + 1
+    return {tier: (done.get(tier, 0), total[tier]) for tier in sorted(total)}
+
+
 def delta_text(r, bold=True) -> str:
     text = f"{r['fd_tuned'] - r['fd_plain']:+.1f} ({r['lo']:+.1f} to {r['hi']:+.1f})"
     return f"**{text}**" if bold and r["verdict"] != "no significant difference" else text
@@ -458,6 +490,17 @@ def main(argv=None) -> int:
             models[name] = ModelResults(path, ref)
     report = Report(models)
     rows, _ = report.run()
+    paths = {}
+    for pair in args.stores:
+        name, path = pair.split("=", 1)
+        paths[name] = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
+    tiers = progress(preset, paths)
+    report.data["progress"] = {str(t): v for t, v in tiers.items()}
+    done = sum(d for d, _ in tiers.values())
+    total = sum(t for _, t in tiers.values())
+    report.lines.insert(0, f"Progress of `--preset schedulers`: {done} of {total} cells confirmed ("
+                        + ", ".join(f"tier {t}: {d} of {a}" for t, (d, a) in tiers.items())
+                        + "; tier 2's cells are plain runs for the step curves).\n")
     text = "\n".join(report.lines)
     print(text)
     if args.docs:
