@@ -320,6 +320,10 @@ def test_schedulers_report_confirms_per_schedule_and_compares_across(tmp_path, m
     assert (top["plain_scheduler"], top["tuned_scheduler"], top["rho"], top["verdict"]) == ("ays", "ays", 1.1, "better")
     assert top["match"][0] == "at" and top["match_scheduler"] == "ays"  # between 4 and 6 plain AYS steps
     assert "| U-Net (bundled) | 1 | Euler | 4 | AlignYourSteps (SD1): " in "\n".join(report.lines)
+    rows = report.data["cells"]
+    assert schedulers_report.plot_deltas(rows, str(tmp_path / "delta.png"), "unet")
+    assert schedulers_report.plot_steps(report.models, rows, str(tmp_path / "steps.png"), "unet")
+    assert (tmp_path / "delta.png").stat().st_size > 0 and (tmp_path / "steps.png").stat().st_size > 0
 
 
 @pytest.mark.comfyui
