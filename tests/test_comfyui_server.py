@@ -157,6 +157,20 @@ def test_a_per_skip_list_that_does_not_fit_the_model_fails_before_sampling(comfy
     assert "6" not in {data.get("node") for data in executed}, "KSampler must not run"
 
 
+def test_warnings_reach_the_console_after_a_host_traceback(comfyui_server, comfyui_path):
+    """A failed prompt makes ComfyUI print a traceback; the pack's later warnings still reach its console."""
+    if "class Flux(" not in (comfyui_path / "comfy" / "supported_models.py").read_text():
+        pytest.skip("this ComfyUI predates Flux (2024-08)")
+    inputs = {"rho_bottom": 0.8, "rho_top": 1.0, "start_percent": 0.0, "end_percent": 1.0,
+              "rho_per_skip": "0.7, 0.9"}
+    execution_error(comfyui_server.run_prompt(graph("SkipTuningAdvanced", inputs)))
+    after_traceback = len(comfyui_server.log())
+    assert "Traceback" in comfyui_server.log()[:after_traceback]
+    # A rho no other test uses, so ComfyUI's cache cannot skip the node.
+    stats(comfyui_server.run_prompt(graph(model_inputs={"rho_bottom": 0.63, "rho_top": 1.0}, kind="flux")))
+    assert "passed through unchanged" in comfyui_server.log()[after_traceback:]
+
+
 def wait_for(condition, timeout, what, server):
     deadline = time.monotonic() + timeout
     while not condition():
