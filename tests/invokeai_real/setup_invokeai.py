@@ -1,0 +1,97 @@
+"""Builds what the real InvokeAI tier (tests/test_invokeai_real.py) needs.
+
+    python3.11 tests/invokeai_real/setup_invokeai.py venv [DIR]    # InvokeAI 6.14.2 from PyPI in DIR
+    DIR/bin/python tests/invokeai_real/setup_invokeai.py model OUT  # a tiny random-weight SD1 diffusers folder
+
+``venv``: a virtual environment of its own (default: .venv-invokeai in the repository root), torch pinned first
+so pip keeps it, then InvokeAI. ``model``: run with the venv's Python (it needs diffusers and transformers). The
+folder passes InvokeAI's importer as an SD1 main model (``model_index.json`` says StableDiffusionPipeline, the
+U-Net has cross_attention_dim 768 and 4 input channels) and needs no network: SD1's block layout (12 long skips)
+with narrow channels, a 2-layer CLIP text encoder of width 768 over a byte-level vocabulary of 514 tokens (so the
+tokenizer loads from the folder alone), a 4-level VAE (8x downscale) with 8 channels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INVOKEAI_VERSION = "6.14.2"
+TORCH = ("torch==2.14.1", "torchvision==0.29.1")  # the project's pinned torch; InvokeAI 6.14.2 takes 2.7 to 3.0
+DEFAULT_VENV = REPO_ROOT / ".venv-invokeai"
+
+
+def build_venv(venv: Path) -> None:
+    if sys.version_info[:2] not in ((3, 11), (3, 12)):
+        sys.exit(f"InvokeAI {INVOKEAI_VERSION} needs Python 3.11 or 3.12; this is {sys.version.split()[0]}")
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, *TORCH], check=True)
+    subprocess.run([*pip, f"invokeai=={INVOKEAI_VERSION}", *TORCH], check=True)
+
+
+def byte_symbols() -> list:
+    """The 256 printable characters byte-level BPE (GPT-2, CLIP) stands for the bytes 0-255."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    extra = iter(range(256, 512))
+    return [chr(byte if byte in printable else next(extra)) for byte in range(256)]
+
+
+def byte_level_vocabulary() -> dict:
+    """CLIP's tokenizer over single bytes only: every byte, every byte ending a word, and the two specials."""
+    symbols = byte_symbols()
+    tokens = symbols + [symbol + "</w>" for symbol in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def build_model(out: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    out.mkdir(parents=True, exist_ok=True)
+    vocabulary = byte_level_vocabulary()
+    tokenizer = CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=77)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocabulary), hidden_size=768, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
+        bos_token_id=vocabulary["<|startoftext|>"], eos_token_id=vocabulary["<|endoftext|>"], pad_token_id=1))
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipeline.save_pretrained(str(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    venv = commands.add_parser("venv", help="InvokeAI in its own virtual environment")
+    venv.add_argument("dir", nargs="?", type=Path, default=DEFAULT_VENV)
+    model = commands.add_parser("model", help="the tiny SD1 diffusers folder (run with the venv's Python)")
+    model.add_argument("out", type=Path)
+    args = parser.parse_args()
+    if args.command == "venv":
+        build_venv(args.dir)
+    else:
+        build_model(args.out)
+
+
+if __name__ == "__main__":
+    main()

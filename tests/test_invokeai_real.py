@@ -1,0 +1,284 @@
+"""The InvokeAI node in a real InvokeAI 6.14.2, over its HTTP API (and its workflow editor: test_invokeai_frontend.py).
+
+One server for the module: InvokeAI from PyPI in its own venv (tests/invokeai_real/setup_invokeai.py), started
+headless on the CPU on 127.0.0.1 with a fresh root, the pack cloned into ``ROOT/nodes/`` and a tiny random-weight
+SD1 diffusers folder installed through its model importer. Graphs are 64x64, 4 steps. A test-only node
+(tests/invokeai_test_nodes) picks the denoise path of a run (``USE_MODULAR_DENOISE``), so both paths run on it.
+
+Proven: the node registers with every input of the core denoise; rho 1 gives the core node's image bit for bit and
+rho 0.8 changes it, on both paths; the core denoise afterwards gives its first image again (nothing left on the
+shared U-Net), also after a failed run (hooks attached, then an error) and a cancelled one; a queue batch of two
+seeds; FreeU on the same U-Net stacks; bad input is refused when queued; a non-U-Net model is refused with a
+clear message; the error reaches the failed queue item and InvokeAI's log; the Custom Nodes install clones the
+pack, loads it and imports the example workflow.
+
+Skips with the reason when the venv is missing (under CI=true that fails, tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from invokeai_real.server import (
+    PACK,
+    REPO_ROOT,
+    SETUP,
+    InvokeAIServer,
+    invokeai_venv,
+    missing_requirement,
+    working_tree_snapshot,
+)
+
+NODE = "skip_tuning_denoise_latents"
+CORE = "denoise_latents"
+TEST_NODES = REPO_ROOT / "tests" / "invokeai_test_nodes"
+EXAMPLE_WORKFLOW = REPO_ROOT / "skip_tuning" / "invokeai" / "workflows" / "skip_tuning_txt2img.json"
+TUNING_INPUTS = ("rho_bottom", "rho_top", "rho_per_skip", "skip_tuning_start", "skip_tuning_end")
+
+
+@pytest.fixture(scope="session")
+def invokeai(tmp_path_factory):
+    """The running server, its tiny SD1 model installed: ``(server, model identifier)``."""
+    reason = missing_requirement()
+    if reason:
+        pytest.skip(reason)
+    import subprocess
+
+    work = tmp_path_factory.mktemp("invokeai")
+    model = work / "tiny-sd1"
+    subprocess.run([str(invokeai_venv() / "bin" / "python"), str(SETUP), "model", str(model)], check=True,
+                   capture_output=True, timeout=600)
+    server = InvokeAIServer(work / "root", {"skip_tuning_test_nodes": TEST_NODES})
+    started = time.monotonic()
+    try:
+        server.start(working_tree_snapshot(work / "source"))
+        print(f"InvokeAI started in {time.monotonic() - started:.0f} s")
+        config = server.install_model(model)
+        identifier = {name: config[name] for name in ("key", "hash", "name", "base", "type")}
+        server.pack_source = work / "source" / PACK
+        yield server, identifier
+    finally:
+        server.stop()
+
+
+def txt2img(model: dict, *, node: str = NODE, seed: int = 1, steps: int = 4, modular: bool = False,
+            freeu: bool = False, **denoise) -> dict:
+    """A txt2img graph (64x64) through ``node``; ``denoise`` sets its inputs (Skip Tuning ones included)."""
+    nodes = {
+        "model": {"type": "main_model_loader", "model": model},
+        "positive": {"type": "compel", "prompt": "a red cube on a table"},
+        "negative": {"type": "compel", "prompt": ""},
+        "noise": {"type": "noise", "seed": seed, "width": 64, "height": 64, "use_cpu": True},
+        "path": {"type": "skip_tuning_test_denoise_path", "modular": modular},
+        "denoise": {"type": node, "steps": steps, "cfg_scale": 5.0, "scheduler": "euler", **denoise},
+        "decode": {"type": "l2i", "is_intermediate": False},
+    }
+    edges = [("model", "clip", "positive", "clip"), ("model", "clip", "negative", "clip"),
+             ("positive", "conditioning", "denoise", "positive_conditioning"),
+             ("negative", "conditioning", "denoise", "negative_conditioning"),
+             ("noise", "noise", "path", "noise"), ("path", "latents", "denoise", "noise"),
+             ("denoise", "latents", "decode", "latents"), ("model", "vae", "decode", "vae")]
+    if freeu:
+        nodes["freeu"] = {"type": "freeu", "b1": 1.2, "b2": 1.4, "s1": 0.9, "s2": 0.2}
+        edges += [("model", "unet", "freeu", "unet"), ("freeu", "unet", "denoise", "unet")]
+    elif "unet" not in denoise:
+        edges.append(("model", "unet", "denoise", "unet"))
+    for node_id, fields in nodes.items():
+        fields.update(id=node_id, use_cache=False)
+    return {"id": f"skip-tuning-test-{time.monotonic_ns()}", "nodes": nodes,
+            "edges": [{"source": {"node_id": a, "field": b}, "destination": {"node_id": c, "field": d}}
+                      for a, b, c, d in edges]}
+
+
+def run(server, graph) -> dict:
+    (item_id,) = server.enqueue(graph)
+    return server.wait(item_id)
+
+
+def image(server, graph):
+    return server.image(run(server, graph), "decode")
+
+
+def same(a, b) -> bool:
+    return a.size == b.size and a.tobytes() == b.tobytes()
+
+
+@pytest.fixture(scope="session")
+def baseline(invokeai):
+    """The core denoise's image before any Skip Tuning run, per path: what every later core run must match."""
+    server, model = invokeai
+    return {modular: image(server, txt2img(model, node=CORE, modular=modular)) for modular in (False, True)}
+
+
+def assert_core_unchanged(invokeai, baseline, modular=False):
+    server, model = invokeai
+    assert same(image(server, txt2img(model, node=CORE, modular=modular)), baseline[modular]), \
+        "the core denoise changed: something was left on the shared U-Net"
+
+
+# --- registration ----------------------------------------------------------------------------------------------
+
+
+def test_node_is_registered_with_every_core_input(invokeai):
+    server, _ = invokeai
+    schemas = server.get("/openapi.json")["components"]["schemas"]
+    ours = schemas["SkipTuningDenoiseLatentsInvocation"]
+    core = schemas["DenoiseLatentsInvocation"]
+    assert set(core["properties"]) - {"type"} <= set(ours["properties"])
+    assert ours["properties"]["type"]["default"] == NODE
+    assert ours["title"] == "Denoise - SD1.5, SDXL + Skip Tuning"
+    assert ours["classification"] == "beta" and ours["node_pack"] == PACK
+    for name in ("rho_bottom", "rho_top"):
+        field = ours["properties"][name]
+        assert (field["default"], field["minimum"], field["maximum"]) == (1.0, 0.0, 2.0)
+        assert "deepest" in field["description"] or "highest-resolution" in field["description"]
+    assert ours["properties"]["rho_per_skip"]["default"] == ""
+    window = [ours["properties"][name] for name in ("skip_tuning_start", "skip_tuning_end")]
+    assert [(field["default"], field["minimum"], field["maximum"]) for field in window] == [(0.0, 0, 1), (1.0, 0, 1)]
+    # The model input takes a UNetField only: FLUX and SD3 loaders give a TransformerField, not offered here.
+    assert "UNetField" in json.dumps(ours["properties"]["unet"])
+    assert "Loaded 2 node packs" in server.log() or f"Loading node pack {PACK}" in server.log()
+    assert "Failed to load node pack" not in server.log()
+
+
+# --- images ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("modular", [False, True], ids=["default_path", "modular_path"])
+def test_rho_1_is_the_core_image_and_rho_0_8_changes_it(invokeai, baseline, modular):
+    server, model = invokeai
+    assert same(image(server, txt2img(model, modular=modular)), baseline[modular])
+    assert same(image(server, txt2img(model, modular=modular, rho_per_skip=", ".join(["1"] * 12))),
+                baseline[modular])
+    tuned = image(server, txt2img(model, modular=modular, rho_bottom=0.8))
+    assert not same(tuned, baseline[modular])
+    # Deterministic: the same settings give the same tuned image; a window changes it again.
+    assert same(image(server, txt2img(model, modular=modular, rho_bottom=0.8)), tuned)
+    windowed = image(server, txt2img(model, modular=modular, rho_bottom=0.8, skip_tuning_start=0.5))
+    assert not same(windowed, tuned) and not same(windowed, baseline[modular])
+    assert_core_unchanged(invokeai, baseline, modular)
+    assert f"{'modular' if modular else 'default'}" in server.log()
+
+
+def test_both_paths_tune_alike(invokeai):
+    """The two paths differ inside InvokeAI, not in the tuning: each one's tuned image differs from its own core
+    image by the same kind of change, and the tuning line in the log names the same factors."""
+    server, model = invokeai
+    log_before = len(server.log())
+    for modular in (False, True):
+        image(server, txt2img(model, modular=modular, rho_bottom=0.9, rho_top=1.1))
+    lines = [line for line in server.log()[log_before:].splitlines() if "Skip Tuning: UNet2DConditionModel" in line]
+    assert len(lines) == 2 and "12 long skips" in lines[0]
+    assert lines[0].split("-->")[-1] == lines[1].split("-->")[-1]
+
+
+def test_a_batch_of_two_seeds(invokeai, baseline):
+    server, model = invokeai
+    data = [[{"node_path": "noise", "field_name": "seed", "items": [21, 22]}]]
+    tuned_ids = server.enqueue(txt2img(model, rho_bottom=0.8), data)
+    core_ids = server.enqueue(txt2img(model, node=CORE), data)
+    assert len(tuned_ids) == len(core_ids) == 2
+    tuned = [server.image(server.wait(item), "decode") for item in tuned_ids]
+    core = [server.image(server.wait(item), "decode") for item in core_ids]
+    assert not same(tuned[0], tuned[1]) and not same(core[0], core[1])
+    assert not same(tuned[0], core[0]) and not same(tuned[1], core[1])
+    assert_core_unchanged(invokeai, baseline)
+
+
+def test_freeu_on_the_same_unet_stacks(invokeai, baseline):
+    server, model = invokeai
+    freeu_only = image(server, txt2img(model, node=CORE, freeu=True))
+    assert not same(freeu_only, baseline[False])
+    assert same(image(server, txt2img(model, freeu=True)), freeu_only)
+    both = image(server, txt2img(model, freeu=True, rho_bottom=0.8))
+    tuned_only = image(server, txt2img(model, rho_bottom=0.8))
+    assert not same(both, freeu_only) and not same(both, tuned_only)
+    assert same(image(server, txt2img(model, freeu=True, modular=True)),
+                image(server, txt2img(model, node=CORE, freeu=True, modular=True)))
+    assert_core_unchanged(invokeai, baseline)
+
+
+# --- failures: nothing left behind, the message where the user sees it ----------------------------------------
+
+
+def test_an_error_after_tuning_was_attached_leaves_the_unet_clean(invokeai, baseline):
+    # The default path checks a per-step CFG list against the step count after create_pipeline tuned the U-Net.
+    item = run(invokeai[0], txt2img(invokeai[1], rho_bottom=0.8, cfg_scale=[5.0, 5.0]))
+    assert item["status"] == "failed" and "cfg_scale" in (item["error_message"] or "") + item["error_traceback"]
+    assert_core_unchanged(invokeai, baseline)
+
+
+def test_a_cancelled_run_leaves_the_unet_clean(invokeai, baseline):
+    server, model = invokeai
+    marker = "0.7654"
+    (item_id,) = server.enqueue(txt2img(model, steps=400, rho_bottom=float(marker)))
+    deadline = time.monotonic() + 120
+    while f"rho bottom to top = [{marker}" not in server.log():  # the hooks are on: sampling has begun
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.1)
+    server.send("PUT", f"/api/v1/queue/default/i/{item_id}/cancel")
+    item = server.wait(item_id)
+    assert item["status"] == "canceled"
+    assert_core_unchanged(invokeai, baseline)
+
+
+def test_a_skip_tuning_error_reaches_the_queue_item_and_the_log(invokeai, baseline):
+    server, model = invokeai
+    for modular in (False, True):
+        item = run(server, txt2img(model, modular=modular, rho_per_skip="0.8, 0.9"))
+        assert item["status"] == "failed"
+        assert item["error_type"] == "SkipTuningError"
+        message = "rho_per_skip has 2 values but this model has 12 long skips"
+        assert message in item["error_message"]
+        assert message in server.log()
+    assert_core_unchanged(invokeai, baseline)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"rho_bottom": 2.5}, "less than or equal to 2"),
+    ({"rho_top": -0.1}, "greater than or equal to 0"),
+    ({"rho_per_skip": "0.8, x"}, "rho_per_skip entry 2 must be a number"),
+    ({"skip_tuning_start": 0.7, "skip_tuning_end": 0.3}, "skip_tuning_start (0.7) must not be after skip_tuning_end"),
+])
+def test_bad_input_is_refused_when_queued(invokeai, fields, message):
+    server, model = invokeai
+    status, body = server.request("POST", "/api/v1/queue/default/enqueue_batch",
+                                  {"batch": {"graph": txt2img(model, **fields), "runs": 1}, "prepend": False})
+    assert status == 422 and message in body.decode(), body[:2000]
+
+
+def test_a_model_without_long_skips_is_refused(invokeai):
+    server, model = invokeai
+    flux = {**model, "base": "flux"}
+    unet = {"unet": {**flux, "submodel_type": "unet"}, "scheduler": {**flux, "submodel_type": "scheduler"},
+            "loras": []}
+    item = run(server, txt2img(model, unet=unet, rho_bottom=0.8))
+    assert item["status"] == "failed" and item["error_type"] == "SkipTuningError"
+    assert "'flux' model" in item["error_message"] and "Use the core Denoise node" in item["error_message"]
+
+
+# --- install from the Custom Nodes tab ----------------------------------------------------------------------
+
+
+def test_custom_nodes_install_loads_the_pack_and_imports_the_example_workflow(invokeai):
+    server, model = invokeai
+    removed = server.send("DELETE", f"/api/v2/custom_nodes/{PACK}")
+    assert removed["success"], removed
+    assert "SkipTuningDenoiseLatentsInvocation" not in server.get("/openapi.json")["components"]["schemas"]
+    installed = server.send("POST", "/api/v2/custom_nodes/install", {"source": str(server.pack_source)})
+    assert installed["success"] and installed["name"] == PACK, installed
+    assert installed["workflows_imported"] == 1, installed  # ComfyUI's example_workflows have no "edges"
+    packs = {pack["name"]: pack for pack in server.get("/api/v2/custom_nodes/")["node_packs"]}
+    assert packs[PACK]["node_types"] == [NODE]
+    workflows = server.get("/api/v1/workflows/?per_page=100")["items"]
+    (listed,) = [workflow for workflow in workflows if f"node-pack:{PACK}" in (workflow.get("tags") or "")]
+    assert listed["name"] == json.loads(EXAMPLE_WORKFLOW.read_text())["name"]
+    # The reinstalled node runs.
+    assert run(server, txt2img(model, rho_bottom=0.8))["status"] == "completed"
+
+
+def test_the_tier_ran_on_the_version_it_names(invokeai):
+    version = invokeai[0].get("/api/v1/app/version")["version"]
+    assert version.startswith("6.14.2"), version
