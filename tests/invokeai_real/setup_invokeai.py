@@ -30,6 +30,11 @@ def build_venv(venv: Path) -> None:
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    installed = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('invokeai'))"],
+                               capture_output=True, text=True).stdout.strip()
+    if installed == INVOKEAI_VERSION:
+        print(f"InvokeAI {installed} is already in {venv}")
+        return
     pip = [str(python), "-m", "pip", "install", "--quiet"]
     subprocess.run([*pip, *TORCH], check=True)
     subprocess.run([*pip, f"invokeai=={INVOKEAI_VERSION}", *TORCH], check=True)
@@ -37,8 +42,7 @@ def build_venv(venv: Path) -> None:
 
 def byte_symbols() -> list:
     """The 256 printable characters byte-level BPE (GPT-2, CLIP) stands for the bytes 0-255."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
-                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
     extra = iter(range(256, 512))
     return [chr(byte if byte in printable else next(extra)) for byte in range(256)]
 
