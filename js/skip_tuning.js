@@ -9,8 +9,13 @@
 // preview-size entry goes through the node's extra menu options, which both the LiteGraph and the
 // Vue context menus list.
 //
-// Canvas drawing only: no network calls, no HTML built from user text.
+// It also lists the pack's example workflows in a fixed order: the server lists a pack's templates in
+// directory order, and the Templates browser shows them as listed (1.27, and 1.49 with its default
+// sort); their file names are their titles.
+//
+// Canvas drawing only: no network calls of its own, no HTML built from user text.
 import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
 import {
   DEFAULT_PREVIEW_BLOCKS,
   DEFAULT_PREVIEW_SKIPS,
@@ -113,6 +118,31 @@ export function currentProfile(node) {
   return profile;
 }
 
+// Breaks text into lines of at most maxWidth at spaces; a line that still does not fit gets an ellipsis.
+function wrapText(ctx, text, maxWidth, maxLines) {
+  const lines = [];
+  let line = "";
+  for (const word of text.split(" ")) {
+    const candidate = line ? `${line} ${word}` : word;
+    if (!line || ctx.measureText(candidate).width <= maxWidth) line = candidate;
+    else {
+      lines.push(line);
+      line = word;
+    }
+  }
+  if (line) lines.push(line);
+  if (lines.length > maxLines) {
+    const kept = lines.slice(0, maxLines);
+    kept[maxLines - 1] = fitText(ctx, lines.slice(maxLines - 1).join(" ") + "…", maxWidth);
+    return kept;
+  }
+  return lines.map((l) => fitText(ctx, l, maxWidth));
+}
+
+function measured(ctx, text, room) {
+  return { text, width: ctx.measureText(text).width, room };
+}
+
 function fitText(ctx, text, maxWidth) {
   if (ctx.measureText(text).width <= maxWidth) return text;
   let cut = text;
@@ -125,8 +155,11 @@ function barColor(rho) {
   return rho < 1 ? COLORS.weaker : COLORS.stronger;
 }
 
+const NOTE_LINES = 2;
+const NOTE_LINE_HEIGHT = 12;
+
 function widgetHeight(node) {
-  return isAdvanced(node) ? 150 : 136;
+  return 128 + NOTE_LINES * NOTE_LINE_HEIGHT + (isAdvanced(node) ? NOTE_LINE_HEIGHT : 0);
 }
 
 function drawProfile(ctx, node, width, y) {
@@ -139,6 +172,7 @@ function drawProfile(ctx, node, width, y) {
   const height = widgetHeight(node) - 4;
   const profile = currentProfile(node);
   const bars = [];
+  const texts = [];
 
   ctx.save();
   ctx.fillStyle = LG.WIDGET_BGCOLOR ?? "#222";
@@ -225,19 +259,22 @@ function drawProfile(ctx, node, width, y) {
     ctx.font = "11px sans-serif";
     ctx.textAlign = "center";
     ctx.fillStyle = profile.kind === "error" ? COLORS.error : dim;
-    const message = fitText(ctx, profile.message, chartRight - chartLeft);
-    ctx.fillText(message, (chartLeft + chartRight) / 2, (chartTop + baseline) / 2);
+    const lines = wrapText(ctx, profile.message, chartRight - chartLeft, 3);
+    const top = (chartTop + baseline) / 2 - ((lines.length - 1) * 14) / 2;
+    lines.forEach((line, k) => ctx.fillText(line, (chartLeft + chartRight) / 2, top + k * 14));
+    texts.push(...lines.map((line) => measured(ctx, line, chartRight - chartLeft)));
   }
 
+  // The notes, wrapped to the node's width (never cut at the default width).
   ctx.font = "9px sans-serif";
   ctx.textAlign = "left";
   ctx.fillStyle = dim;
-  let noteY = baseline + 41;
-  if (n) {
-    ctx.fillText(fitText(ctx, profile.message, x1 - x0 - 16), x0 + 8, noteY);
-    noteY += 13;
-  }
-  if (profile.window) ctx.fillText(fitText(ctx, profile.window, x1 - x0 - 16), x0 + 8, noteY);
+  const noteWidth = x1 - x0 - 16;
+  const notes = [];
+  if (n) notes.push(...wrapText(ctx, profile.message, noteWidth, NOTE_LINES));
+  if (profile.window) notes.push(fitText(ctx, profile.window, noteWidth));
+  notes.forEach((line, k) => ctx.fillText(line, x0 + 8, baseline + 41 + k * NOTE_LINE_HEIGHT));
+  texts.push(...notes.map((line) => measured(ctx, line, noteWidth)));
   ctx.restore();
 
   // What was drawn, in the drawing's coordinates (the node's on the classic canvas, the widget's own
@@ -249,6 +286,7 @@ function drawProfile(ctx, node, width, y) {
     window: profile.window ?? null,
     axisMax,
     bars,
+    texts, // each text line drawn, its width and the room it had
   };
 }
 
@@ -271,7 +309,8 @@ function addProfileWidget(node) {
     type: WIDGET_TYPE,
     value: null,
     serialize: false, // not part of the saved widget values
-    options: { serialize: false }, // not sent with the prompt
+    // Not sent with the prompt, and not a parameter: the properties panel (1.49) leaves it out.
+    options: { serialize: false, hideInPanel: true },
     draw(ctx, drawnNode, width, y) {
       drawProfile(ctx, drawnNode, width, y);
     },
@@ -297,6 +336,25 @@ function addProfileWidget(node) {
   node.setSize([width, Math.max(node.size?.[1] ?? 0, size[1])]);
 }
 
+// The pack's folder in custom_nodes, as the server names its templates: this file is served from
+// /extensions/<folder>/.
+const PACK_FOLDER = decodeURIComponent(new URL(import.meta.url).pathname.split("/").at(-2));
+
+// The pack's example workflows in the order of their numbered titles ("1 - SD1.5 side by side", ...).
+function orderTemplates() {
+  const list = api.getWorkflowTemplates;
+  if (typeof list !== "function") return;
+  api.getWorkflowTemplates = async function (...args) {
+    const templates = await list.apply(this, args);
+    const ours = templates?.[PACK_FOLDER];
+    if (Array.isArray(ours)) {
+      templates[PACK_FOLDER] = [...ours].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+    }
+    return templates;
+  };
+}
+orderTemplates();
+
 app.registerExtension({
   name: "SkipTuning.RhoProfile",
 
@@ -308,6 +366,14 @@ app.registerExtension({
       const result = onConnectionsChange?.apply(this, args);
       redraw(this);
       return result;
+    };
+
+    // The preview size is picked in the node's menu; the classic properties panel would show it as a
+    // bare number beside the node's real settings, so it is left out there.
+    const onAddPropertyToPanel = nodeType.prototype.onAddPropertyToPanel;
+    nodeType.prototype.onAddPropertyToPanel = function (name, panel) {
+      if (name === specOf(this).property) return true;
+      return onAddPropertyToPanel?.apply(this, arguments) ?? false;
     };
 
     const getExtraMenuOptions = nodeType.prototype.getExtraMenuOptions;

@@ -63,7 +63,7 @@ def _side_by_side(ckpt, size, cfg, prefix, preview_skips, note):
 
 
 WORKFLOWS = {
-    "1_sd15_side_by_side_8_steps": _side_by_side(
+    "1 - SD1.5 side by side": _side_by_side(
         SD15, 512, 7.0, "sd15", 12,
         "Skip Tuning, SD1.5, 8 steps: the same seed, sampler and prompt with and without Skip Tuning.\n\n"
         "Both KSamplers use seed 42 (fixed). The lower one gets the model through the Skip Tuning node, which "
@@ -72,14 +72,14 @@ WORKFLOWS = {
         "Pick your SD1.5 checkpoint in Load Checkpoint, then try rho_bottom between 0.7 and 0.9. "
         "rho_bottom = rho_top = 1 is exactly the model without Skip Tuning.",
     ),
-    "2_sdxl_side_by_side_8_steps": _side_by_side(
+    "2 - SDXL side by side": _side_by_side(
         SDXL, 1024, 6.0, "sdxl", 9,
         "Skip Tuning, SDXL, 8 steps: the same seed with and without Skip Tuning.\n\n"
         "SDXL's U-Net has 9 long skips; the profile on the Skip Tuning node is set to preview 9 (right-click "
         "the node > Skip profile preview). At run time the node reads the count from the model.\n\n"
         "Pick your SDXL base checkpoint in Load Checkpoint, then try rho_bottom between 0.7 and 0.9.",
     ),
-    "3_compare_steps_x_rho_bottom": {
+    "3 - Steps x rho grid": {
         "nodes": _prompts_and_latent(SD15, 512) + [
             _node("cmp", "SkipTuningCompare", [880, 40], {
                 "seed": 42, "control_after_generate": "fixed", "sampler_name": "euler", "scheduler": "normal",
@@ -106,7 +106,7 @@ WORKFLOWS = {
             ["cmp", "differences", "diff", "images"],
         ],
     },
-    "4_advanced_window_with_freeu": {
+    "4 - Window after FreeU": {
         "nodes": _prompts_and_latent(SD15, 512) + [
             _node("freeu", "FreeU_V2", [40, 260], {"b1": 1.5, "b2": 1.6, "s1": 0.9, "s2": 0.2}),
             _node("st", "SkipTuningAdvanced", [40, 470], {

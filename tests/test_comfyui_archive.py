@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import urllib.parse
 import zipfile
 from pathlib import Path
 
@@ -121,13 +122,14 @@ def test_every_node_and_the_front_end_load_from_the_archive(archive_server):
               if ("IMPORT FAILED" in line or "Cannot import" in line or "comfy_entrypoint" in line) and PACK in line]
     assert failed == []
     for path in ("/extensions/skip-tuning/skip_tuning.js", "/extensions/skip-tuning/skip_tuning_profile.js",
-                 *(f"/extensions/skip-tuning/docs/{node}.md" for node in PACK_NODES)):
+                 *(f"/extensions/skip-tuning/docs/{node}.md" for node in PACK_NODES),
+                 *(f"/extensions/skip-tuning/docs/{node}/en.md" for node in PACK_NODES)):
         status, _ = archive_server.request("GET", path)
         assert status == 200, path
     examples = sorted(path.stem for path in (comfy_helpers.REPO_ROOT / "example_workflows").glob("*.json"))
     assert sorted(archive_server.get_json("/api/workflow_templates")[PACK]) == examples
     for name in examples:
-        workflow = archive_server.get_json(f"/api/workflow_templates/{PACK}/{name}.json")
+        workflow = archive_server.get_json(f"/api/workflow_templates/{PACK}/{urllib.parse.quote(name)}.json")
         types = {node["type"] for node in workflow["nodes"]} - FRONTEND_ONLY_NODES
         assert types <= set(info), (name, types - set(info))
 

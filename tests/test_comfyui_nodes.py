@@ -145,11 +145,14 @@ def test_names_descriptions_and_outputs(node_info):
     for node_id, display in zip(NODE_IDS, DISPLAY_NAMES):
         info = node_info[node_id]
         assert info["name"] == node_id and info["display_name"] == display
-        assert len(info["description"]) > 80
+        # The description and the tooltips open over the canvas: one short sentence each (details: node help).
+        assert 40 < len(info["description"]) <= 120 and info["description"].count(". ") == 0, node_id
         for section in info["input"].values():
             for name, (kind, options) in section.items():
                 assert options.get("tooltip") or kind in ("CONDITIONING", "VAE", "COMBO") or name == "cfg", \
                     f"{node_id}.{name} has no tooltip"
+                tooltip = options.get("tooltip", "")
+                assert len(tooltip) <= 110 and tooltip.replace("e.g. ", "").count(". ") == 0, (node_id, tooltip)
     for node_id in ("SkipTuning", "SkipTuningAdvanced", "ResidualTuning"):
         assert node_info[node_id]["output"] == ["MODEL"] and all(node_info[node_id]["output_tooltips"])
     # Saved workflows link the Compare outputs by index and show these names.

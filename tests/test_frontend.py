@@ -397,11 +397,13 @@ def test_a_saved_workflow_keeps_the_values(page, prepared_server):
 
 def test_node_help_pages_are_served_where_the_front_end_looks(prepared_server):
     for node in ("SkipTuning", "SkipTuningAdvanced", "SkipTuningCompare", "ResidualTuning"):
-        # The front end takes the folder name from python_module: /extensions/<folder>/docs/<node>.md
+        # The front end takes the folder name from python_module and asks /extensions/<folder>/docs/<node>/<locale>.md
+        # first (1.27 and 1.49), then /extensions/<folder>/docs/<node>.md (other locales).
         assert prepared_server.get_json(f"/object_info/{node}")[node]["python_module"] == f"custom_nodes.{PACK}"
-        status, body = prepared_server.request("GET", f"/extensions/{PACK}/docs/{node}.md")
-        assert status == 200, (node, status)
-        assert isinstance(body, str) and body.startswith("# "), node
+        for path in (f"{node}/en.md", f"{node}.md"):
+            status, body = prepared_server.request("GET", f"/extensions/{PACK}/docs/{path}")
+            assert status == 200, (path, status)
+            assert isinstance(body, str) and body.startswith("# "), path
 
 
 def test_every_example_workflow_loads_unchanged_and_validates(page, prepared_server, artifacts):
@@ -555,6 +557,231 @@ def test_compare_node_rejects_malformed_lists_at_prompt_time(prepared_server):
     assert any("steps_list '4, eight': entry 2 ('eight') is not a whole number" in error["details"] for error in errors)
     status, body = prepared_server.queue_prompt(_compare_graph("4", "0.9, 3"))
     assert status == 400 and "rho_bottom_list entry 2 must be between 0.0 and 2.0" in json.dumps(body)
+
+
+# -- the nodes as a new user meets them: tooltips, chart text, help, templates, search, panels -------------
+
+# A tooltip opens over the canvas, also while a slider is dragged: one short sentence (the node help has the rest).
+TOOLTIP_MAX_CHARS = 110
+DESCRIPTION_MAX_CHARS = 120
+
+
+def _one_sentence(text):
+    return text.replace("e.g. ", "").count(". ") == 0
+
+
+def _overlap(a, b):
+    """Whether two client boxes [left, top, right, bottom] overlap."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _chart_box(page, node_type):
+    """The profile chart's box on screen, in client coordinates."""
+    return page.evaluate(f"""(async () => {{ await __st.frames(); const n = __st.node({json.dumps(node_type)});
+        const w = __st.widget(n, 'skip_profile');
+        if (__st.vue()) {{ const r = __st.surface(n).canvas.getBoundingClientRect();
+            return [r.left, r.top, r.right, r.bottom]; }}
+        const a = __st.client(n, 15, w.y), b = __st.client(n, n.size[0] - 15, w.y + w.computeSize(n.size[0])[1]);
+        return [a[0], a[1], b[0], b[1]]; }})()""")
+
+
+VISIBLE_TOOLTIPS_JS = """[...document.querySelectorAll('.node-tooltip, .p-tooltip')].filter((e) => {
+    const s = getComputedStyle(e); return s.display !== 'none' && s.visibility !== 'hidden' && e.offsetWidth
+    && e.textContent.trim(); }).map((e) => { const r = e.getBoundingClientRect();
+    return { text: e.textContent.trim(), box: [r.left, r.top, r.right, r.bottom] }; })"""
+
+
+def _visible_tooltips(page):
+    """Every tooltip on screen (classic canvas: .node-tooltip; Vue nodes: PrimeVue's .p-tooltip): text and box."""
+    return page.evaluate(VISIBLE_TOOLTIPS_JS)
+
+
+def test_every_tooltip_and_description_is_one_short_sentence(prepared_server):
+    info = prepared_server.get_json("/object_info")
+    for node in ("SkipTuning", "SkipTuningAdvanced", "SkipTuningCompare", "ResidualTuning"):
+        description = info[node]["description"]
+        assert len(description) <= DESCRIPTION_MAX_CHARS and _one_sentence(description), (node, description)
+        tooltips = [options.get("tooltip", "") for section in info[node]["input"].values()
+                    for _, options in section.values()] + info[node]["output_tooltips"]
+        for tooltip in tooltips:
+            assert len(tooltip) <= TOOLTIP_MAX_CHARS and _one_sentence(tooltip), (node, tooltip)
+
+
+def test_slider_tooltip_stays_clear_of_the_chart_during_a_drag(page, prepared_server, artifacts):
+    """Hover rho_bottom's slider until its tooltip shows, press, and pause mid-drag (a tooltip that was
+    pending shows then): every tooltip on screen is the one short sentence and leaves the chart free.
+    The node sits at the top left of the canvas, where a tall tooltip has no room above or beside it."""
+    expected = prepared_server.get_json("/object_info/SkipTuning")["SkipTuning"]["input"]["required"]
+    expected = expected["rho_bottom"][1]["tooltip"]
+    _fresh_graph(page, ("SkipTuning", 10, 10))
+    page.profile("SkipTuning")
+    chart = _chart_box(page, "SkipTuning")
+    delay = page.evaluate("app.extensionManager.setting.get('LiteGraph.Node.TooltipDelay') ?? 500") / 1000
+    start = page._slider_point("SkipTuning", "rho_bottom", 1.0)
+    mid = page._slider_point("SkipTuning", "rho_bottom", 0.6)
+    mouse = page.page.mouse
+    mouse.move(start[0] - 4, start[1])
+    mouse.move(*start)
+    page.wait_for(f"{VISIBLE_TOOLTIPS_JS}.length", timeout=delay + 10)
+    seen = _visible_tooltips(page)
+    assert [tip["text"] for tip in seen] == [expected]
+    page.page.screenshot(path=str(artifacts / f"tooltip_hover_{page.renderer}.png"))
+    mouse.down()
+    for i in range(1, 5):
+        mouse.move(start[0] + (mid[0] - start[0]) * i / 4, start[1])
+    time.sleep(delay + 0.6)  # the pointer rests, button down: what a pending tooltip does now is seen
+    during = _visible_tooltips(page)
+    page.page.screenshot(path=str(artifacts / f"tooltip_during_drag_{page.renderer}.png"))
+    mouse.up()
+    for tip in seen + during:
+        assert tip["text"] == expected, tip
+        assert not _overlap(tip["box"], chart), (tip, chart)
+    assert page.profile("SkipTuning")["rhos"][0] < 0.9  # the drag moved the slider
+
+
+def test_profile_text_fits_the_default_width(page, artifacts):
+    """Every line of text on the chart fits, uncut, on nodes as they come (default width, zoom 1)."""
+    _fresh_graph(page, ("SkipTuning", 20, 20), ("SkipTuningAdvanced", 420, 20), ("ResidualTuning", 820, 20),
+                 ("PrimitiveFloat", 820, 420), ("SkipTuning", 20, 420))
+    # (A node added after a clear can take over a removed node's values in 1.49: the override is emptied.)
+    page.evaluate("""(() => { const n = app.graph.nodes.filter((x) => x.type === 'SkipTuning')[1],
+        p = __st.node('PrimitiveFloat'); p.connect(0, n, n.inputs.findIndex((i) => i.name === 'rho_top'));
+        __st.set(__st.node('SkipTuningAdvanced'), 'rho_per_skip', ''); return true; })()""")
+    assert page.evaluate("app.canvas.ds.scale") == 1
+    widths = page.evaluate("app.graph.nodes.filter((n) => n.skipTuningProfile !== undefined || "
+                           "n.type !== 'PrimitiveFloat').map((n) => n.size[0])")
+    assert widths and all(width == 320 for width in widths), widths  # the pack's default width
+    page.profile("SkipTuning")
+    profiles = page.evaluate("""(async () => { await __st.frames(3);
+        return app.graph.nodes.filter((n) => n.skipTuningProfile).map((n) => [n.type, n.skipTuningProfile.kind,
+        n.skipTuningProfile.texts]); })()""")
+    assert sorted(kind for _, kind, _ in profiles) == ["linked", "schedule", "schedule", "schedule"], profiles
+    for node_type, kind, texts in profiles:
+        assert texts, (node_type, kind)
+        for line in texts:
+            assert not line["text"].endswith("…") and line["width"] <= line["room"], (node_type, kind, line)
+    _screenshot(page, artifacts, "profile_text", clip=page.clip())
+
+
+def test_node_help_opens_without_a_console_error(page, artifacts):
+    """Select a node and press the selection toolbox's info button, as a user does: the help page comes
+    from the first address the front end asks (docs/<node>/<locale>.md), nothing 404s, the console stays clean."""
+    _fresh_graph(page, ("SkipTuning", 80, 80))
+    docs = []
+    page.page.on("response", lambda response: docs.append((response.url, response.status))
+                 if "/docs/" in response.url else None)
+    before = len(page.console)
+    page.evaluate("app.canvas.selectNode(__st.node('SkipTuning')); app.canvas.setDirty(true, true); true")
+    button = page.page.locator('[data-testid="info-button"]').first
+    button.wait_for(timeout=15_000)
+    button.click()
+    page.page.get_by_text("The profile on the node").first.wait_for(timeout=15_000)
+    _screenshot(page, artifacts, "node_help")
+    ours = [(url, status) for url, status in docs if f"/extensions/{PACK}/docs/" in url]
+    assert ours and ours[0][0].endswith(f"/extensions/{PACK}/docs/SkipTuning/en.md"), docs
+    assert all(status == 200 for _, status in ours), docs
+    errors = [e for e in page.console[before:] if e["level"] in ("error", "exception")]
+    assert errors == [], errors
+    page.evaluate("app.canvas.deselectAll?.(); true")
+    page.page.keyboard.press("Escape")
+
+
+def test_help_pages_for_other_locales_match_the_english_ones():
+    """docs/<node>.md is where the front ends look when there is no page for the user's locale: the same text."""
+    docs = comfy_helpers.REPO_ROOT / "js" / "docs"
+    for node in ("SkipTuning", "SkipTuningAdvanced", "SkipTuningCompare", "ResidualTuning"):
+        assert (docs / f"{node}.md").read_text() == (docs / node / "en.md").read_text(), node
+
+
+@once
+def test_templates_browser_shows_the_examples_titled_and_in_order(page, prepared_server, artifacts):
+    """Open the Templates browser, pick the pack (1.49: under Extensions; 1.27: under Custom Nodes): the
+    cards carry the titles (the file names), numbered in order, whatever order the server lists them in."""
+    listed = prepared_server.get_json("/api/workflow_templates")[PACK]
+    expected = sorted(WORKFLOWS)
+    assert sorted(listed) == expected and all(name[0].isdigit() for name in expected)
+    page.evaluate("app.graph.clear(); app.extensionManager.command.execute('Comfy.BrowseTemplates'); true")
+    nav = page.page.get_by_text(PACK, exact=True).last
+    nav.wait_for(timeout=20_000)
+    nav.click()
+    cards = page.page.locator('[data-testid^="template-workflow-"]')
+    page.wait_for(f"document.querySelectorAll('[data-testid^=\"template-workflow-\"]').length === {len(expected)}",
+                  timeout=20)
+    shown = page.evaluate("""[...document.querySelectorAll('[data-testid^="template-workflow-"]')].map((card) => {
+        const title = card.querySelector('h3'); return [title.textContent.trim(),
+        title.scrollWidth <= title.clientWidth + 1 && title.scrollHeight <= title.clientHeight + 1]; })""")
+    assert [title for title, _ in shown] == expected, (shown, listed)
+    assert all(fits for _, fits in shown), shown  # no title cut at this window size (1400 x 900)
+    _screenshot(page, artifacts, "templates")
+    cards.first.click()  # loads the first example
+    page.wait_for("app.graph.nodes.some((n) => n.type === 'SkipTuning')", timeout=20)
+    page.page.keyboard.press("Escape")
+
+
+# What users type, and the pack's node each query should bring near the top of 1.49's node search.
+SEARCHES = {"freeu": "Skip Tuning", "few steps": "Skip Tuning", "skip connection": "Skip Tuning",
+            "xy plot": "Skip Tuning Compare", "residual": "Residual Tuning (experimental)",
+            "dit": "Residual Tuning (experimental)"}
+SEARCH_LIMIT = 64  # the front end's cut, made before it ranks
+NEAR_THE_TOP = 8
+SEARCH_ALIASES_FROM = (1, 49)
+
+
+@once
+def test_search_aliases_bring_the_nodes_near_the_top(page, artifacts):
+    """Double-click the canvas and type, as a user does, in 1.49's node search. Its results are the first
+    64 fuzzy matches in the server's node order, ranked on the name alone: an alias finds a node only where
+    fewer than 64 earlier nodes match the query ("dit" matches 64 core nodes first: no alias can reach it)."""
+    version = page.frontend_version()
+    if version < SEARCH_ALIASES_FROM:
+        pytest.skip(f"front end {'.'.join(map(str, version))} searches node names only (search aliases from 1.49 "
+                    "are tested; ComfyUI 0.3.64 has none)")
+    page.evaluate("app.graph.clear(); true")
+    box = page._empty_canvas_point()
+    page.page.mouse.dblclick(*box)
+    field = page.page.locator('input[role="combobox"][aria-controls="results-list"]')
+    field.wait_for(timeout=10_000)
+    ranks, counts = {}, {}
+    for query, node in SEARCHES.items():
+        field.fill(query)
+        titles, deadline = None, time.monotonic() + 10
+        while time.monotonic() < deadline:  # the results follow the typing: read until they settle
+            time.sleep(0.4)
+            now = page.evaluate("""[...document.querySelectorAll('#results-list [role=option]')]
+                .map((e) => e.innerText.split('\\n')[0].trim())""")
+            if now and now == titles:
+                break
+            titles = now
+        ranks[query], counts[query] = (titles.index(node) if node in titles else None), len(titles)
+    _screenshot(page, artifacts, "search")
+    page.page.keyboard.press("Escape")
+    for query, rank in ranks.items():
+        if query == "dit":  # the limit above: 64 built-in nodes come first, none of them ours
+            assert rank is not None and rank < NEAR_THE_TOP or counts[query] == SEARCH_LIMIT, (ranks, counts)
+        else:
+            assert rank is not None and rank < NEAR_THE_TOP, (ranks, counts)
+
+
+def test_internal_widget_and_property_stay_out_of_the_properties_panels(page):
+    """The profile widget and the preview size are not parameters: neither panel lists them."""
+    _fresh_graph(page, ("SkipTuning", 80, 80))
+    # The classic properties panel: what the node menu's "Properties Panel" opens.
+    listed = page.evaluate("""(async () => { app.canvas.showShowNodePanel(__st.node('SkipTuning'));
+        await __st.frames(); const panel = document.querySelector('.litegraph.dialog');
+        const text = panel?.textContent ?? ''; panel?.close?.(); panel?.remove(); return text; })()""")
+    assert "Node name for S&R" in listed or "Title" in listed, listed  # the panel opened
+    assert "skip_profile" not in listed, listed
+    if page.frontend_version() < (1, 49):
+        return  # no side properties panel in 1.27
+    page.evaluate("""(async () => { await app.extensionManager.setting.set('Comfy.RightSidePanel.IsOpen', true);
+        app.canvas.selectNode(__st.node('SkipTuning')); return true; })()""")
+    panel = page.page.locator('[data-testid="properties-panel"]')
+    panel.wait_for(timeout=15_000)
+    page.wait_for("document.querySelector('[data-testid=\"properties-panel\"]').textContent.includes('rho_top')",
+                  timeout=15)
+    text = panel.inner_text()
+    assert "rho_bottom" in text and "skip_profile" not in text, text
+    page.evaluate("app.extensionManager.setting.set('Comfy.RightSidePanel.IsOpen', false); true")
 
 
 def test_no_console_errors_or_warnings_from_the_pack(page):

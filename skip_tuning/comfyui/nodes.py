@@ -20,10 +20,8 @@ from comfy_api.latest import ComfyExtension, io
 from .. import (
     DEFAULT_RHO_BOTTOM,
     DEFAULT_RHO_TOP,
-    KNOWN_SKIP_COUNTS,
     RHO_MAX,
     RHO_MIN,
-    SUPPORTED_DITS,
     SkipTuningError,
 )
 from .adapter import apply_skip_tuning, check_skip_tuning_inputs
@@ -100,25 +98,14 @@ def percent_input(name: str, default: float, tooltip: str) -> io.Float.Input:
     return io.Float.Input(name, default=default, min=0.0, max=1.0, step=0.001, tooltip=tooltip)
 
 
-MODEL_TOOLTIP = (
-    "The diffusion model to tune. Models with long skips are tuned: U-Nets (SD1.x, SD2.x, SDXL, SSD-1B, SVD, "
-    "KOALA, ...) and U-ViTs (HunyuanDiT, Hunyuan3D 2.1); other models (Flux, SD3, PixArt, ...) pass through "
-    "unchanged with a warning."
-)
-RHO_BOTTOM_TOOLTIP = (
-    "Factor for the deepest skip connection. Lower than 1 weakens the skip and leans on the backbone; "
-    "the paper uses values below 1 with ODE samplers at low step counts. Higher than 1 strengthens it, "
-    "which guided sampling on some models prefers (README: presets). 1 = off, the default: the best value "
-    "depends on the model and the sampling, so compare with the same seed (Skip Tuning Compare). Distilled "
-    "few-step models (LCM, Lightning, Hyper-SD, ...): leave it at 1; at 4-8 steps nothing helped a measured "
-    "LCM model, and values below 1 hurt it at 1-2 steps (docs/results.md: distilled models)."
-)
-RHO_TOP_TOOLTIP = (
-    "Factor for the highest-resolution skip (the first one). Skips in between get factors "
-    "interpolated linearly from rho_bottom to rho_top. Usually 1."
-)
+# Tooltips are one short sentence each (a tooltip opens over the canvas, and during a drag); the
+# details are in the node help pages, js/docs/<node>/en.md.
+MODEL_TOOLTIP = "The model to tune; models without long skips (Flux, SD3, ...) pass through unchanged."
+RHO_BOTTOM_TOOLTIP = "Factor of the deepest skip: below 1 weakens it, 1 is off (the node's help has good values)."
+RHO_TOP_TOOLTIP = "Factor of the highest-resolution skip; the skips between are interpolated."
 TUNED_MODEL_TOOLTIP = "A copy of the model whose skip connections are scaled while sampling."
-START_PERCENT_TOOLTIP = "Where in sampling tuning starts: 0 = the first step (highest noise)."
+START_PERCENT_TOOLTIP = "Where in sampling tuning starts: 0 = the first step."
+END_PERCENT_TOOLTIP = "Where in sampling tuning ends: 1 = the last step."
 
 
 def model_and_rho_inputs() -> list:
@@ -137,13 +124,8 @@ class SkipTuning(io.ComfyNode):
             node_id="SkipTuning",
             display_name="Skip Tuning",
             category=unet_patch_category(),
-            description=(
-                "Skip-Tuning (Ma et al., ICML 2024): scales the long skip connections of U-Nets (SD1.x, SDXL, ...) "
-                "and U-ViTs (HunyuanDiT, Hunyuan3D 2.1), the deepest by rho_bottom, the highest-resolution by "
-                "rho_top, the ones between linearly interpolated. Training-free, no extra cost per step; aimed at "
-                "better images at low step counts. Models without long skips (Flux, SD3, ...) pass through "
-                "unchanged."
-            ),
+            description="Scales a U-Net's long skip connections (Skip-Tuning, ICML 2024) for better images at "
+                        "few steps.",
             inputs=model_and_rho_inputs(),
             outputs=[io.Model.Output(tooltip=TUNED_MODEL_TOOLTIP)],
         )
@@ -165,24 +147,16 @@ class SkipTuningAdvanced(io.ComfyNode):
             node_id="SkipTuningAdvanced",
             display_name="Skip Tuning (Advanced)",
             category=unet_patch_category(),
-            description=(
-                "Skip Tuning with a sampling window, per-skip factors and ControlNet control. Tuning is active "
-                "from start_percent to end_percent of sampling (judged on the current noise level, so it works "
-                "with any sampler and step count); rho_per_skip overrides the interpolation with one factor per "
-                "skip, bottom to top."
-            ),
+            description="Skip Tuning with a sampling window, per-skip factors and a ControlNet switch.",
             inputs=[
                 *model_and_rho_inputs(),
                 percent_input("start_percent", 0.0, START_PERCENT_TOOLTIP),
-                percent_input("end_percent", 1.0, "Where in sampling tuning ends: 1 = the last step. Outside the "
-                                                  "window the skips are left as they are."),
+                percent_input("end_percent", 1.0, END_PERCENT_TOOLTIP),
                 io.String.Input("rho_per_skip", default="", multiline=False, optional=True, tooltip=(
-                    f"Optional: one factor per long skip, comma-separated, deepest first ({KNOWN_SKIP_COUNTS}). "
-                    "Overrides rho_bottom and rho_top. Leave empty to interpolate.")),
+                    "Optional: one factor per skip, deepest first, comma-separated; overrides rho_bottom and "
+                    "rho_top.")),
                 io.Boolean.Input("scale_controlnet", default=True, optional=True, tooltip=(
-                    "ComfyUI adds ControlNet residuals to the skips before they are scaled. On: the residuals "
-                    "are scaled with them. Off: only the model's own skip is scaled and ControlNet keeps its "
-                    "full strength.")),
+                    "Whether ControlNet's residuals, added to the skips, are scaled with them.")),
             ],
             outputs=[io.Model.Output(tooltip=TUNED_MODEL_TOOLTIP)],
         )
@@ -211,41 +185,32 @@ class SkipTuningCompare(io.ComfyNode):
             node_id="SkipTuningCompare",
             display_name="Skip Tuning Compare",
             category=sampling_category(),
-            description=(
-                "Samples every (steps, rho_bottom) pair with the same seed and noise, decodes each with the VAE, "
-                "and returns a labelled grid (rows: rho_bottom, columns: steps), all images as a batch, and the "
-                "grid of amplified differences from the untuned model. rho_bottom 1.0 with rho_top 1.0 is the "
-                "model without Skip Tuning."
-            ),
+            description="Samples a grid of step counts by rho_bottom values with one seed, to compare settings.",
             inputs=[
-                io.Model.Input("model", tooltip="The model, without Skip Tuning (the node applies it per row)."),
+                io.Model.Input("model", tooltip="The model without Skip Tuning; the node applies it per row."),
                 io.Conditioning.Input("positive"),
                 io.Conditioning.Input("negative"),
-                io.Latent.Input("latent", tooltip="The latent to denoise, e.g. from Empty Latent Image."),
+                io.Latent.Input("latent", tooltip="The latent to denoise (from Empty Latent Image, for example)."),
                 io.Vae.Input("vae"),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="The same seed (and noise) for every cell."),
+                             tooltip="The same seed and noise for every cell."),
                 io.Combo.Input("sampler_name", options=samplers.SAMPLERS, default="euler"),
                 io.Combo.Input("scheduler", options=samplers.SCHEDULERS, default="normal"),
                 io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01),
                 io.String.Input("steps_list", default="4, 8, 16",
                                 tooltip="Step counts, one grid column each, e.g. '4, 8, 16'."),
                 io.String.Input("rho_bottom_list", default="1.0, 0.9, 0.8",
-                                tooltip="rho_bottom values, one grid row each, each in 0-2. 1.0 (with rho_top "
-                                        "1.0) is the untuned baseline."),
+                                tooltip="rho_bottom values, one grid row each; 1.0 is the untuned baseline."),
                 rho_input("rho_top", 1.0, "Factor of the highest-resolution skip, the same for every row."),
             ],
             # Outputs are only ever appended: saved workflows link to them by index.
             outputs=[
                 io.Image.Output("grid", display_name="grid", tooltip=(
-                    "Labelled grid: one row per rho_bottom, one column per step count (first image of each "
-                    "batch).")),
+                    "Labelled grid: one row per rho_bottom, one column per step count.")),
                 io.Image.Output("images", display_name="images", tooltip=(
                     "Every decoded image, row by row (rho_bottom), then column by column (steps).")),
                 io.Image.Output("differences", display_name="differences", tooltip=(
-                    "The grid's layout, each cell showing |cell - untuned cell of its column|, amplified so its "
-                    "largest change is white (the factor is written in the cell). The untuned cell is the "
-                    "rho_bottom 1.0 row when rho_top is 1.0, else an extra plain sampling per column.")),
+                    "Each cell's amplified difference from the untuned cell of its column.")),
             ],
         )
 
@@ -270,26 +235,17 @@ class ResidualTuning(io.ComfyNode):
             display_name="Residual Tuning (experimental)",
             category=dit_patch_category(),
             is_experimental=True,
-            description=(
-                f"Experimental. Scales the identity path of every block of a DiT ({SUPPORTED_DITS}): a block "
-                "computes rho * x + F(x) instead of x + F(x), rho going linearly from rho_first (first block) to "
-                "rho_last (last block). The factors compound over the blocks, so values stay close to 1. On the "
-                "project's small Flux-type model it helped Euler and Euler a at 4-10 unguided steps, not at 25, "
-                "and not DPM++ 2M or guided sampling (docs/results.md: Residual Tuning on a DiT); compare with the "
-                "same seed before keeping it."
-            ),
+            description="Experimental: scales the identity path of a DiT's blocks (Flux, SD3), for few steps.",
             inputs=[
-                io.Model.Input("model", tooltip=f"The DiT to tune ({SUPPORTED_DITS}); other models pass through "
-                                                "unchanged with a warning."),
+                io.Model.Input("model", tooltip="The DiT to tune (Flux.1, SD3); other models pass through unchanged."),
                 rho_input("rho_first", DEFAULT_RHO_FIRST, step=0.005, tooltip=(
-                    "Factor on the identity path of the first tuned block. Below 1 discounts the input "
-                    "embedding and the early blocks against the later ones; 1 = off.")),
+                    "Factor on the identity path of the first tuned block; 1 is off.")),
                 rho_input("rho_last", DEFAULT_RHO_LAST, step=0.005, tooltip=(
                     "Factor on the identity path of the last block; blocks between are interpolated.")),
                 io.Float.Input("start_depth", default=0.0, min=0.0, max=0.95, step=0.05, tooltip=(
                     "Fraction of the blocks, from the input side, left untouched (0 = tune all).")),
                 percent_input("start_percent", 0.0, START_PERCENT_TOOLTIP),
-                percent_input("end_percent", 1.0, "Where in sampling tuning ends: 1 = the last step."),
+                percent_input("end_percent", 1.0, END_PERCENT_TOOLTIP),
             ],
             outputs=[io.Model.Output(tooltip="A copy of the model whose blocks' identity paths are scaled while "
                                              "sampling.")],
