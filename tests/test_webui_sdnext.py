@@ -231,6 +231,32 @@ def test_refiner_steps_are_not_tuned_and_a_warning_says_so(host, unet, warnings_
     assert hook_count(refiner) == 0
 
 
+def test_a_compiled_unet_model_compile(host, unet):
+    """SD.Next's model compile puts ``torch.compile(unet)`` into the pipeline; dynamo does not guard module hooks,
+    so its graphs would ignore hooks added later. Tuned calls run the wrapper eagerly: every generation equals the
+    uncompiled one bit for bit (dynamo's "eager" backend here, so that compiled plain calls are exact too; the real
+    tier runs inductor), a changed rho and a window take effect, tuned runs add no graph, nothing stays attached."""
+    from torch._dynamo.utils import counters
+
+    runs = [(False,), (True, 0.7, 0.9), (True, 0.6, 0.9), (True, 0.7, 0.9, 34, 100), (False,)]
+
+    def generate(*args):
+        host.shared.state.reset()
+        return host.processing.process_images(host.p(*args, steps=3)).images
+
+    uncompiled = [generate(*args) for args in runs]
+    assert len({tuple(images[0].flatten().tolist()) for images in uncompiled}) == 4
+    compiled = torch.compile(unet, backend="eager")
+    host.load(compiled)
+    counters.clear()
+    got = [generate(*runs[0])]
+    graphs = counters["stats"]["unique_graphs"]
+    got += [generate(*args) for args in runs[1:]]
+    assert graphs > 0 and counters["stats"]["unique_graphs"] == graphs
+    assert all(torch.equal(a, b) for images, expected in zip(got, uncompiled) for a, b in zip(images, expected))
+    assert not compiled._forward_pre_hooks and not compiled._forward_hooks
+
+
 def sdnext_log_views():
     """What SD.Next shows so far: (console, log file, the UI's log view), as the stand-in records them."""
     from modules import logger

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from .. import SkipTuningError
 from ..diffusers import apply_skip_tuning
 from ..diffusers.tuning import resolve_model
@@ -72,14 +74,24 @@ def route_logging() -> None:
 class BatchTuning:
     """One batch's Skip Tuning of one denoiser.
 
-    A pre-hook on the model asks at every call whether the call is in a tuned pass and window, and
-    attaches the adapter's hooks (``handle``) or removes them; ``remove()`` detaches everything.
+    A pre-hook on the module the pipeline calls asks at every call whether the call is in a tuned pass and
+    window, and attaches the adapter's hooks (``handle``, on ``model``'s submodules) or removes them;
+    ``remove()`` detaches everything.
+
+    SD.Next's model compile wraps the denoiser in ``torch.compile``, whose graphs do not see hooks added
+    after they were compiled (torch does not guard module hooks by default): a tuned call would run the
+    plain graph. So a call with the hooks attached runs that wrapper eagerly (``force_eager`` from the
+    wrapper's own hooks, outside the compiled code), and its compiled graphs never hold the hooks.
     """
 
-    def __init__(self, p, params: WebuiParams, model, handle):
+    def __init__(self, p, params: WebuiParams, model, handle, called):
         self.p, self.params, self.model, self.handle = p, params, model, handle
         self.state = webui_state()
-        self.controller = model.register_forward_pre_hook(self._before_call)
+        self.hooks = [called.register_forward_pre_hook(self._before_call)]
+        self.compiled = called is not model
+        self.eager = None  # the torch.compile stance to restore after an eager call
+        if self.compiled:
+            self.hooks.append(called.register_forward_hook(self._after_call, always_call=True))
 
     def wanted(self) -> bool:
         if not self.params.applies_to_pass(bool(getattr(self.p, "is_hr_pass", False))):
@@ -97,9 +109,21 @@ class BatchTuning:
         elif not wanted and self.handle is not None:
             self.handle.remove()
             self.handle = None
+        if self.compiled and self.handle is not None:
+            self.eager = torch.compiler.set_stance("force_eager")
+
+    def _after_call(self, module, args, output):
+        self._restore_stance()
+
+    def _restore_stance(self) -> None:
+        if self.eager is not None:
+            self.eager.__exit__(None, None, None)
+            self.eager = None
 
     def remove(self) -> None:
-        self.controller.remove()
+        while self.hooks:
+            self.hooks.pop().remove()
+        self._restore_stance()
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
@@ -139,7 +163,7 @@ def start_batch(p, params: WebuiParams) -> None:
     # it again on its next use; tune the model the batch will really sample with.
     refiner = _refiner_enabled(p)
     try:
-        model, _pipeline = resolve_model(shared.sd_model, ("unet", "transformer"))
+        model, pipeline = resolve_model(shared.sd_model, ("unet", "transformer"))
         handle = apply_skip_tuning(model, params.rho_bottom, params.rho_top)
     except SkipTuningError:
         warn(p, f"{NO_LONG_SKIPS} ({type(getattr(shared, 'sd_model', None)).__name__})")
@@ -147,11 +171,28 @@ def start_batch(p, params: WebuiParams) -> None:
         return
     if not handle.attached:  # every factor is 1
         return
-    tuning = BatchTuning(p, params, handle.model, handle)
+    called = _called_module(pipeline, handle.model)
+    if called is not handle.model and not hasattr(torch.compiler, "set_stance"):
+        handle.remove()
+        warn(p, f"the model is compiled (Compile Model) and torch {torch.__version__} cannot run it uncompiled for "
+                "the tuned steps (torch 2.6 or newer can); nothing is changed")
+        drop_infotext(p)
+        return
+    tuning = BatchTuning(p, params, handle.model, handle, called)
     _LIVE.append(tuning)
     setattr(p, P_TUNING, tuning)
     if refiner:
         warn(p, f"{REFINER_UNTUNED} on this webui (the refiner is another model)")
+
+
+def _called_module(pipeline, model):
+    """What the pipeline calls for ``model``: ``model``, or the torch.compile wrapper SD.Next's model compile put
+    around it."""
+    for name in ("unet", "transformer"):
+        candidate = getattr(pipeline, name, None)
+        if candidate is not None and getattr(candidate, "_orig_mod", None) is model:
+            return candidate
+    return model
 
 
 def _refiner_enabled(p) -> bool:
