@@ -13,6 +13,11 @@ baked into the graph and replayed for other blocks and for other models of the s
 network. So the traced path reads every factor and bound as a tensor (a graph input,
 fetched afresh at each call), branches on none of them, and the argument is not named
 ``transformer_options``, which keeps dynamo's guard on the block index.
+
+The replace patches (U-ViT skips here, Residual Tuning in ``residual``) reach the network the same way,
+through ``transformer_options["patches_replace"]``, where a graph also freezes which slots hold a patch.
+Their APPLY_MODEL wrapper therefore puts a patch in every slot on every call (factor 1 outside the window
+or where the node leaves a block alone), and each patch reads tensors when traced.
 """
 
 from __future__ import annotations
@@ -166,21 +171,39 @@ def control_snapshot_wrapper(executor, x, timesteps, context, y, control, transf
         transformer_options.pop(CONTROL_OUTPUTS_KEY, None)
 
 
-def make_skip_replace_patch(rho: float, previous=None, control_residual: torch.Tensor | None = None):
+def traced_scalars(values: Sequence[float]) -> tuple:
+    """``values`` as float32 scalar tensors for a patch's traced path, a distinct tensor each.
+
+    A compiled graph takes them as inputs, read afresh at every call (module docstring). Distinct,
+    because dynamo merges the sources of one tensor object into one graph input and, its guard
+    dropped, would replay that input for every slot of a later call whose tensors differ.
+    """
+    with torch.inference_mode(False):  # normal tensors wherever the node runs: a graph's guards see one kind
+        return tuple(torch.tensor(float(value), dtype=torch.float32) for value in values)
+
+
+def make_skip_replace_patch(rho: float, previous=None, control_residual: torch.Tensor | None = None,
+                            traced: tuple | None = None):
     """A ``patches_replace["dit"]`` block patch that scales ``args["skip"]`` by ``rho``, then runs the block.
 
     ``previous`` is the patch that held the slot before (a slot holds one): it runs with the
     scaled skip, so both take effect. ``control_residual``: the ControlNet residual the host
     already added to the skip, kept at full strength (``rho * (skip + r) + (1 - rho) * r``).
+    ``traced``: (rho, 1 - rho) as tensors (:func:`traced_scalars`), what the patch reads when
+    torch.compile traces it; it then always multiplies, so every factor traces the same graph.
+    Run eagerly it multiplies by the Python float, and rho 1 passes the skip on untouched.
     """
     factor = float(rho)
+    traced_factor, traced_keep = traced if traced is not None else traced_scalars((factor, 1.0 - factor))
 
     def skip_tuning_replace_patch(args, extra):
         skip = args.get("skip")
-        if skip is not None:
-            scaled = skip * factor  # out of place, by a Python float: the dtype stays
+        compiling = _is_compiling()
+        if skip is not None and (compiling or factor != 1.0):
+            rho_now, keep = (traced_factor, traced_keep) if compiling else (factor, 1.0 - factor)
+            scaled = skip * rho_now  # out of place; by a float (eager) or a float32 scalar: the dtype stays
             if control_residual is not None and control_residual.shape == skip.shape:
-                scaled = scaled + control_residual.to(skip.dtype) * (1.0 - factor)
+                scaled = scaled + control_residual.to(skip.dtype) * keep
             args = {**args, "skip": scaled}
         if previous is not None:
             return previous(args, extra)
@@ -194,12 +217,16 @@ def with_skip_replace_patches(
     replace_keys: Sequence,
     rhos: Sequence[float],
     control_residuals: Sequence[torch.Tensor] | None = None,
+    traced: Sequence[tuple] | None = None,
 ) -> dict:
     """A copy of ``transformer_options`` whose ``patches_replace["dit"]`` scales the skip of
     ``replace_keys[i]``'s block by ``rhos[i]``, wrapping the patch that held each slot.
 
     ``control_residuals`` (ControlNet's ``"output"`` list, popped from the end by the network, so
     skip i receives ``control_residuals[-1 - i]``) are kept at full strength when given.
+    ``traced``: per skip, the tensors :func:`make_skip_replace_patch` reads when compiled; with them
+    every slot gets a patch, factors of 1 too, so that a graph that dropped its guards on
+    ``transformer_options`` finds the same patches in every call (without them a factor of 1 adds none).
     """
     if len(replace_keys) != len(rhos):
         raise ValueError(f"{len(rhos)} factors for {len(replace_keys)} skips")
@@ -207,10 +234,10 @@ def with_skip_replace_patches(
     dit = dict(patches_replace.get("dit", {}))
     residuals = list(control_residuals or ())
     for index, (key, rho) in enumerate(zip(replace_keys, rhos)):
-        if rho == 1.0:
+        if rho == 1.0 and traced is None:
             continue
         residual = residuals[len(residuals) - 1 - index] if index < len(residuals) else None
-        dit[key] = make_skip_replace_patch(rho, dit.get(key), residual)
+        dit[key] = make_skip_replace_patch(rho, dit.get(key), residual, None if traced is None else traced[index])
     patches_replace["dit"] = dit
     return {**transformer_options, "patches_replace": patches_replace}
 
@@ -227,24 +254,40 @@ def make_skip_replace_wrapper(
     ``transformer_options``, wrapping whatever patch holds each slot at that moment (registered
     before or after Skip Tuning), so nothing is stored on the model and no other patch is
     dropped. The wrapper sees the noise level, which the replace patches do not: outside
-    ``sigma_range`` the call runs untouched.
+    ``sigma_range`` (and for a node whose factors are all 1) every slot gets a patch of factor 1,
+    which passes the skip on untouched when run eagerly and, traced, is the same graph with
+    other inputs (module docstring).
     """
     if len(replace_keys) != len(rhos):
         raise ValueError(f"{len(rhos)} factors for {len(replace_keys)} skips")
     keys = tuple(replace_keys)
     factors = tuple(float(rho) for rho in rhos)
+    neutral = (1.0,) * len(factors)
+    traced = _traced_pairs(factors)
+    traced_neutral = _traced_pairs(neutral)
+
+    def residuals_of(control):
+        return control.get("output") if not scale_control and isinstance(control, dict) else None
 
     def tune(transformer_options, control):
-        residuals = control.get("output") if not scale_control and isinstance(control, dict) else None
-        return with_skip_replace_patches(transformer_options, keys, factors, residuals)
+        return with_skip_replace_patches(transformer_options, keys, factors, residuals_of(control), traced)
 
-    return apply_model_wrapper(tune, any(rho != 1.0 for rho in factors), sigma_range)
+    def untuned(transformer_options, control):
+        return with_skip_replace_patches(transformer_options, keys, neutral, residuals_of(control), traced_neutral)
+
+    return apply_model_wrapper(tune, any(rho != 1.0 for rho in factors), sigma_range, untuned)
 
 
-def apply_model_wrapper(tune, tuned: bool, sigma_range=None):
+def _traced_pairs(factors: Sequence[float]) -> tuple:
+    scalars = traced_scalars([value for rho in factors for value in (rho, 1.0 - rho)])
+    return tuple(zip(scalars[0::2], scalars[1::2]))
+
+
+def apply_model_wrapper(tune, tuned: bool, sigma_range=None, untuned=None):
     """A ComfyUI ``APPLY_MODEL`` wrapper that runs one model call with ``tune(transformer_options, control)``,
     a tuned copy of that call's options, when ``tuned`` and the call's noise level is inside ``sigma_range``
-    (a :class:`SamplingWindow` is resolved on the called model first)."""
+    (a :class:`SamplingWindow` is resolved on the called model first); any other call runs with
+    ``untuned(transformer_options, control)`` when given, else with the options as they are."""
     window = None if sigma_range is None else as_sampling_window(sigma_range)
 
     def skip_tuning_apply_model_wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options,
@@ -256,6 +299,8 @@ def apply_model_wrapper(tune, tuned: bool, sigma_range=None):
                 window.resolve(model_sampling)
         if tuned and in_sigma_window(None if window is None else window.sigmas, t, transformer_options):
             transformer_options = tune(transformer_options, control)
+        elif untuned is not None:
+            transformer_options = untuned(transformer_options, control)
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
 
     return skip_tuning_apply_model_wrapper

@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .patch import apply_model_wrapper
+from .patch import _is_compiling, apply_model_wrapper, traced_scalars
 from .schedule import SkipTuningError, validate_rho
 
 
@@ -96,32 +96,46 @@ def block_factors(n_blocks: int, rho_first: float, rho_last: float, start_fracti
     return tuple(factors)
 
 
-def make_residual_replace_patch(rho: float, previous=None):
+def make_residual_replace_patch(rho: float, previous=None, traced_removed=None):
     """A ``patches_replace["dit"]`` block patch giving ``rho * x + F(x)``; ``previous`` held the slot before.
 
     The identity share is taken before the block runs: Flux's single-stream blocks add to their
-    input in place, so ``args["img"]`` may hold the output afterwards.
+    input in place, so ``args["img"]`` may hold the output afterwards. ``traced_removed``: ``1 - rho``
+    as a tensor (``traced_scalars``), what the patch reads when torch.compile traces it; it then always
+    subtracts, so every factor traces the same graph (patch.py). Run eagerly it multiplies by the
+    Python float, and rho 1 returns the block's output untouched.
     """
     removed = 1.0 - float(rho)
+    if traced_removed is None:
+        (traced_removed,) = traced_scalars((removed,))
 
     def residual_tuning_replace_patch(args, extra):
-        identity_share = args["img"] * removed  # out of place, by a Python float: the dtype stays
+        compiling = _is_compiling()
+        if not compiling and removed == 0.0:
+            return previous(args, extra) if previous is not None else extra["original_block"](args)
+        # Out of place; by a float (eager) or a float32 scalar (traced): the dtype stays.
+        identity_share = args["img"] * (traced_removed if compiling else removed)
         out = previous(args, extra) if previous is not None else extra["original_block"](args)
         return {**out, "img": out["img"] - identity_share}
 
     return residual_tuning_replace_patch
 
 
-def with_residual_replace_patches(transformer_options: dict, block_keys: Sequence, rhos: Sequence[float]) -> dict:
+def with_residual_replace_patches(transformer_options: dict, block_keys: Sequence, rhos: Sequence[float],
+                                  traced_removed: Sequence | None = None) -> dict:
     """A copy of ``transformer_options`` whose ``patches_replace["dit"]`` scales the identity path of
-    ``block_keys[i]`` by ``rhos[i]``, wrapping the patch that held each slot (factors of 1 add nothing)."""
+    ``block_keys[i]`` by ``rhos[i]``, wrapping the patch that held each slot. Factors of 1 add nothing,
+    unless ``traced_removed`` (per block, the tensor a compiled patch reads) is given: then every slot
+    gets a patch, so that a graph that dropped its guards on ``transformer_options`` finds the same
+    patches in every call."""
     if len(block_keys) != len(rhos):
         raise ValueError(f"{len(rhos)} factors for {len(block_keys)} blocks")
     patches_replace = dict(transformer_options.get("patches_replace", {}))
     dit = dict(patches_replace.get("dit", {}))
-    for key, rho in zip(block_keys, rhos):
-        if float(rho) != 1.0:
-            dit[key] = make_residual_replace_patch(rho, dit.get(key))
+    for index, (key, rho) in enumerate(zip(block_keys, rhos)):
+        if float(rho) != 1.0 or traced_removed is not None:
+            dit[key] = make_residual_replace_patch(rho, dit.get(key),
+                                                   None if traced_removed is None else traced_removed[index])
     patches_replace["dit"] = dit
     return {**transformer_options, "patches_replace": patches_replace}
 
@@ -129,10 +143,17 @@ def with_residual_replace_patches(transformer_options: dict, block_keys: Sequenc
 def make_residual_replace_wrapper(block_keys: Sequence, rhos: Sequence[float], sigma_range=None):
     """ComfyUI ``APPLY_MODEL`` wrapper that adds the residual replace patches to one model call's
     ``transformer_options`` copy, wrapping whatever holds each slot then (registered before or after),
-    so nothing is stored on the model; outside ``sigma_range`` the call runs untouched."""
+    so nothing is stored on the model. Outside ``sigma_range`` (and for a node whose factors are all 1)
+    every slot gets a patch of factor 1: the block's own output when run eagerly, the same graph with
+    other inputs when traced (patch.py)."""
     if len(block_keys) != len(rhos):
         raise ValueError(f"{len(rhos)} factors for {len(block_keys)} blocks")
     keys = tuple(block_keys)
     factors = tuple(float(rho) for rho in rhos)
-    return apply_model_wrapper(lambda options, control: with_residual_replace_patches(options, keys, factors),
-                               any(rho != 1.0 for rho in factors), sigma_range)
+    neutral = (1.0,) * len(factors)
+    traced = traced_scalars([1.0 - rho for rho in factors])
+    traced_neutral = traced_scalars([0.0] * len(factors))
+    return apply_model_wrapper(lambda options, control: with_residual_replace_patches(options, keys, factors, traced),
+                               any(rho != 1.0 for rho in factors), sigma_range,
+                               lambda options, control: with_residual_replace_patches(options, keys, neutral,
+                                                                                      traced_neutral))

@@ -313,8 +313,9 @@ def build_tiny_hunyuan_dit(seed: int = 0, dtype: torch.dtype = torch.float32):
     return _patcher(model)
 
 
-def build_tiny_hunyuan3d(seed: int = 0):
-    """A ModelPatcher around ComfyUI's Hunyuan3D 2.1 DiT (depth 21, 10 long skips, MoE tail), tiny."""
+def build_tiny_hunyuan3d(seed: int = 0, num_moe_layers: int = 2):
+    """A ModelPatcher around ComfyUI's Hunyuan3D 2.1 DiT (depth 21, 10 long skips, MoE tail), tiny.
+    ``num_moe_layers=0`` leaves out the MoE tail, whose routing (bincount) breaks a compiled graph."""
     import comfy.supported_models
 
     unet_config = {
@@ -324,7 +325,7 @@ def build_tiny_hunyuan3d(seed: int = 0):
         "context_dim": CONTEXT_DIM,
         "depth": 21,
         "num_heads": 2,
-        "num_moe_layers": 2,
+        "num_moe_layers": num_moe_layers,
         "num_experts": 2,
         "moe_top_k": 1,
         "guidance_cond_proj_dim": None,
