@@ -54,13 +54,33 @@ def schedulers_in(path: str) -> list:
     return sorted(found, key=lambda s: SCHEDULER_ORDER.index(s) if s in SCHEDULER_ORDER else len(SCHEDULER_ORDER))
 
 
-class ModelResults:
-    """One model's store, read scheduler by scheduler."""
+def planned_schedules(preset: dict, model: str) -> dict:
+    """(sampler, steps, cfg) -> the schedules the preset screens there on ``model`` in the first tier that has the
+    cell: a comparison across schedules waits for those, and takes in the later tiers' as they come."""
+    planned, first_tier = {}, {}
+    for stage in preset["stages"]:
+        if stage["rhos"] == "best" or model not in stage.get("models", preset.get("models", ["unet"])):
+            continue
+        if stage["blocks"] != [SCREEN]:
+            continue
+        for sampler in stage["samplers"]:
+            for steps in stage["steps"]:
+                for cfg in stage["cfgs"]:
+                    cell = (sampler, steps, float(cfg))
+                    if first_tier.setdefault(cell, stage.get("tier", 0)) == stage.get("tier", 0):
+                        planned.setdefault(cell, set()).update(stage.get("schedulers", [DEFAULT_SCHEDULER]))
+    return planned
 
-    def __init__(self, path: str, ref: Reference, backend: str = "comfy"):
+
+class ModelResults:
+    """One model's store, read scheduler by scheduler; ``planned`` (see planned_schedules) says which schedules a
+    cell waits for before it is compared across schedules (default: those screened there)."""
+
+    def __init__(self, path: str, ref: Reference, backend: str = "comfy", planned: dict | None = None):
         self.ref = ref
         self.backend = backend
         self.stores = {s: Store(path, s) for s in schedulers_in(path)}
+        self.planned = planned or {}
         self._fd = {}
 
     def samples(self, scheduler, sampler, steps, cfg, rho, block):
@@ -191,7 +211,7 @@ class Report:
                             pending.append((scheduler, sampler, steps, cfg))
                             texts.append("pending")
                         else:
-                            texts.append("")
+                            texts.append("not run yet")
                         continue
                     rows.append(r)
                     texts.append(f"{r['fd_plain']:.1f}; {r['rho']:.2f}: {delta_text(r)}")
@@ -226,25 +246,27 @@ class Report:
         results = []
         for sampler, steps, cfg in m.cells():
             plain, tuned = {}, {}
-            screened = [s for s in m.stores if m.screen(s, sampler, steps, cfg)]
-            for scheduler in screened:
+            for scheduler in m.stores:
                 fds = m.screen(scheduler, sampler, steps, cfg)
                 if 1.0 in fds:
                     plain[scheduler] = fds[1.0]
                 r = m.confirmed(scheduler, sampler, steps, cfg)
                 if r is not None:
                     tuned[scheduler] = (fds[r["rho"]], r["rho"])
-            if len(screened) < 2 or len(tuned) < len(screened) or len(plain) < len(screened):
-                continue  # pending: the best of every schedule screened here is not known yet
+            required = m.planned.get((sampler, steps, float(cfg))) or plain
+            if len(tuned) < 2 or any(s not in tuned for s in required):
+                continue  # pending: the best of every schedule of the cell's first tier is not known yet
+            plain = {s: f for s, f in plain.items() if s in tuned}  # a later tier's pending cell waits
             best_plain = min(plain, key=plain.get)
             best_tuned = min(tuned, key=lambda s: tuned[s][0])
             rho = tuned[best_tuned][1]
             pair = m.paired((best_plain, sampler, steps, cfg, 1.0), (best_tuned, sampler, steps, cfg, rho))
             if pair is None:
                 continue
-            results.append(dict(sampler=sampler, steps=steps, cfg=cfg, plain_scheduler=best_plain,
-                                tuned_scheduler=best_tuned, rho=rho, fd_plain=pair["fd_a"], fd_tuned=pair["fd_b"],
-                                lo=pair["lo"], hi=pair["hi"], verdict=pair["verdict"]))
+            results.append(dict(sampler=sampler, steps=steps, cfg=cfg, schedules=sorted(tuned),
+                                plain_scheduler=best_plain, tuned_scheduler=best_tuned, rho=rho,
+                                fd_plain=pair["fd_a"], fd_tuned=pair["fd_b"], lo=pair["lo"], hi=pair["hi"],
+                                verdict=pair["verdict"]))
         return results
 
     def equal_quality(self, m, on_top):
@@ -327,11 +349,12 @@ class Report:
                  "both chosen on the screen's seeds, compared on the fresh seeds (paired). Plain steps for the same "
                  "FD: each schedule's plain FD on the fresh seeds at 4, 6, 8, 10 and 15 steps, interpolated in "
                  "log(steps); the fewest over the schedules (choosing that schedule on the same seeds flatters "
-                 "plain). Only cells confirmed on every schedule.")
+                 "plain). Only cells confirmed on every schedule of the cell's first tier; \"schedules\": how many "
+                 "were compared.")
         self.out()
-        self.out("| model | CFG | sampler | steps | best plain schedule: FD | best Skip-Tuned: schedule, rho: FD | "
-                 "delta (95% CI) | plain steps for the same FD |")
-        self.out("|---|---:|---|---:|---|---|---|---|")
+        self.out("| model | CFG | sampler | steps | schedules | best plain schedule: FD | best Skip-Tuned: schedule, "
+                 "rho: FD | delta (95% CI) | plain steps for the same FD |")
+        self.out("|---|---:|---|---:|---:|---|---|---|---|")
         tops = [dict(r, model=name) for name, m in self.models.items() for r in self.equal_quality(m, self.on_top(m))]
         for r in sorted(tops, key=lambda r: (list(self.models).index(r["model"]), r["cfg"],
                                              SAMPLER_ORDER.get(r["sampler"], 99), r["steps"])):
@@ -341,7 +364,8 @@ class Report:
             match = "" if r.get("match") is None else (
                 f"{describe_match(r['match'], r['steps'])}, {SCHEDULER_LABELS.get(r['match_scheduler'])}")
             self.out(f"| {MODEL_NAMES.get(r['model'], r['model'])} | {r['cfg']:g} | {LABELS.get(r['sampler'])} | "
-                     f"{r['steps']} | {SCHEDULER_LABELS.get(r['plain_scheduler'])}: {r['fd_plain']:.1f} | "
+                     f"{r['steps']} | {len(r['schedules'])} | {SCHEDULER_LABELS.get(r['plain_scheduler'])}: "
+                     f"{r['fd_plain']:.1f} | "
                      f"{SCHEDULER_LABELS.get(r['tuned_scheduler'])}, {r['rho']:.2f}: {r['fd_tuned']:.1f} | "
                      f"{delta} | {match} |")
         self.out()
@@ -487,7 +511,7 @@ def main(argv=None) -> int:
         name, path = pair.split("=", 1)
         path = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
         if os.path.isdir(os.path.join(path, "samples")):
-            models[name] = ModelResults(path, ref)
+            models[name] = ModelResults(path, ref, planned=planned_schedules(preset, name))
     report = Report(models)
     rows, _ = report.run()
     paths = {}

@@ -260,6 +260,14 @@ def test_schedulers_preset_orders_cells_and_names_the_scheduler():
     assert config_key("comfy", "euler", 4, 1.0, 1.0, 0, 250, "ays").endswith("_n250_ays")
     # the confirmation falls back to plain only while nothing has been screened
     assert [job.rho for job in plan(preset, "/nonexistent", "comfy", 1)] == [1.0]
+    # a comparison across schedules waits for the schedules of the cell's first tier
+    from schedulers_report import planned_schedules
+
+    first_four = {"ays", "gits", "karras", "normal"}
+    assert planned_schedules(preset, "unet")[("euler", 4, 1.0)] == first_four
+    assert planned_schedules(preset, "uvit")[("euler_a", 10, 4.0)] == first_four
+    assert planned_schedules(preset, "unet")[("deis", 6, 4.0)] == {"normal", "ays"}
+    assert ("deis", 6, 4.0) not in planned_schedules(preset, "uvit")
 
 
 @pytest.mark.skipif(not HAVE_SCIPY, reason="scipy is not installed")
@@ -319,7 +327,7 @@ def test_schedulers_report_confirms_per_schedule_and_compares_across(tmp_path, m
     (top,) = tops
     assert (top["plain_scheduler"], top["tuned_scheduler"], top["rho"], top["verdict"]) == ("ays", "ays", 1.1, "better")
     assert top["match"][0] == "at" and top["match_scheduler"] == "ays"  # between 4 and 6 plain AYS steps
-    assert "| U-Net (bundled) | 1 | Euler | 4 | AlignYourSteps (SD1): " in "\n".join(report.lines)
+    assert "| U-Net (bundled) | 1 | Euler | 4 | 3 | AlignYourSteps (SD1): " in "\n".join(report.lines)
     rows = report.data["cells"]
     assert schedulers_report.plot_deltas(rows, str(tmp_path / "delta.png"), "unet")
     assert schedulers_report.plot_steps(report.models, rows, str(tmp_path / "steps.png"), "unet")
