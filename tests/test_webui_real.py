@@ -217,6 +217,27 @@ def test_refiner_steps_as_the_warning_says(webui, checkout):
     assert warning in webui.log_text()[logged:], f"refiner steps tuned: {refiner_steps_tuned}"
 
 
+def test_errors_and_warnings_reach_the_console_after_a_host_traceback(webui):
+    """A request the webui fails with a traceback (an unknown hires upscaler), then Skip Tuning's error
+    (rho_bottom -1) and its refiner warning: both still in the console (the server's stdout and stderr)."""
+    status, models = webui.request("/sdapi/v1/sd-models")
+    if not any(m["model_name"] == REFINER for m in models):
+        pytest.skip(f"{REFINER} is not in this checkout")
+    logged = len(webui.log_text())
+    status, body = webui.request("/sdapi/v1/txt2img", {**BASE, **HIRES, "hr_upscaler": "no such upscaler"})
+    assert status == 500, (status, body)
+    deadline = time.monotonic() + 120  # Forge prints the traceback after it has answered
+    while "named no such upscaler" not in webui.log_text()[logged:] and time.monotonic() < deadline:
+        time.sleep(1)
+    assert "Traceback" in webui.log_text()[logged:] and "named no such upscaler" in webui.log_text()[logged:]
+    logged = len(webui.log_text())
+    webui.generate([True, -1.0, 1.0])
+    webui.generate(ON, steps=4, refiner_checkpoint=REFINER, refiner_switch_at=0.55)
+    console = webui.log_text()[logged:]
+    assert BAD_ARGS_ERROR + ": rho_bottom" in console
+    assert REFINER_TUNED in console or REFINER_UNTUNED in console
+
+
 # ---------------------------------------------------------------------------------------------
 # X/Y/Z plot through the API, with the UI and without it (--nowebui)
 

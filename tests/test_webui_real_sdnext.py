@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from webui_real.harness import (
@@ -51,6 +52,7 @@ REFINER = {"enable_hr": True, "refiner_steps": 4, "refiner_start": 0.5, "denoisi
            "override_settings": {"sd_model_refiner": "Diffusers/skip-tuning-random-sd15-refiner"}}
 PROBE = "Skip Tuning probe"
 BASE_CALL, HIRES_CALL, REFINER_CALL = ("model", False), ("model", True), ("refiner", False)
+COMPILE_TIMEOUT = 3600  # inductor compiling SD1.5's U-Net on a small, busy CPU
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +241,47 @@ def test_an_interrupt_leaves_nothing_attached(sdnext, image):
     assert sdnext.image() == off
 
 
+class LogViews:
+    """What SD.Next showed since this was made: its console (the server's stdout and stderr), its log file
+    (``sdnext.log`` in the checkout) and the UI's log view (``/sdapi/v1/log``, emptied here)."""
+
+    def __init__(self, server: Server, checkout: dict):
+        self.server, self.file = server, Path(checkout["path"]) / "sdnext.log"
+        self.console_at = len(server.log_text())
+        self.file_at = self.file.stat().st_size if self.file.exists() else 0
+        status, _ = server.request("/sdapi/v1/log?clear=true")
+        assert status == 200
+
+    def all(self) -> dict:
+        status, ui_lines = self.server.request("/sdapi/v1/log?lines=100")
+        assert status == 200
+        with self.file.open("rb") as file:
+            file.seek(self.file_at)
+            logged = file.read().decode(errors="replace")
+        return {"console": console_since(self.server, self.console_at), "sdnext.log": " ".join(logged.split()),
+                "/sdapi/v1/log": " ".join(" ".join(ui_lines).split())}
+
+
+def provoke_messages(server: Server, checkout: dict) -> dict:
+    """Skip Tuning's error (rho_bottom -1) and its refiner warning: where each one showed."""
+    views = LogViews(server, checkout)
+    server.generate([True, -1.0, 1.0])
+    server.generate(ON, steps=4, **REFINER)
+    shown = views.all()
+    return {view: [message for message in (BAD_ARGS_ERROR + ": rho_bottom", REFINER_UNTUNED) if message in text]
+            for view, text in shown.items()}
+
+
+def test_errors_and_warnings_reach_the_console_the_log_file_and_the_ui_log(sdnext, checkout):
+    """Also after a host traceback (SD.Next's traceback printer reorders its log handlers)."""
+    everywhere = {view: [BAD_ARGS_ERROR + ": rho_bottom", REFINER_UNTUNED]
+                  for view in ("console", "sdnext.log", "/sdapi/v1/log")}
+    assert provoke_messages(sdnext, checkout) == everywhere
+    status, body = sdnext.request("/sdapi/v1/txt2img", {**BASE, "alwayson_scripts": {PROBE: {"args": [1]}}})
+    assert status == 500 and "KeyError" in str(body)  # SD.Next prints the traceback
+    assert provoke_messages(sdnext, checkout) == everywhere
+
+
 def test_an_error_mid_generation_leaves_nothing_attached(sdnext, image):
     """The probe raises a KeyError at the second U-Net call, which SD.Next does not catch: the request fails,
     postprocess never runs, and the after_process callback (in process_images' finally) removes the hooks."""
@@ -272,3 +315,34 @@ def test_xyz_axes_through_the_api(sdnext, image):
     assert xyz_request(sdnext, "[Skip Tuning] rho_bottom", "1.0,0.8", [False, 0.8, 1.0]) == [off, on]
     assert xyz_request(sdnext, "[Skip Tuning] On/Off", "On,Off", [False, 0.8, 1.0]) == [on, off]
     assert set(hooks_left(sdnext).values()) == {0}
+
+
+def set_model_compile(server: Server, targets: list):
+    """SD.Next's model compile (Settings -> Model Compile: "Compile Model", backend inductor, its default
+    options), applied by reloading the model."""
+    status, _ = server.request("/sdapi/v1/options", {"cuda_compile": targets, "cuda_compile_backend": "inductor"})
+    assert status == 200
+    status, _ = server.request("/sdapi/v1/reload-checkpoint?force=true", {})
+    assert status == 204
+    assert probe(server)["compiled"]["model"] is bool(targets)
+
+
+def test_model_compile(sdnext, image):
+    """SD.Next's "Compile Model" (torch.compile, inductor, on the CPU): tuned steps run the compiled U-Net
+    eagerly (its graphs would ignore hooks added after compiling), plain steps keep the compiled graph."""
+    off, on, lower = image(), image(ON), image([True, 0.6, 1.0])
+    set_model_compile(sdnext, ["Model"])
+    try:
+        compiled_off = sdnext.image(timeout=COMPILE_TIMEOUT)  # inductor compiles the U-Net in this one
+        graphs = probe(sdnext)["graphs"]
+        assert graphs > 0  # SD.Next suppresses compile errors (eager fallback): make sure it compiled
+        assert sdnext.image(ON) == on and sdnext.image([True, 0.6, 1.0]) == lower
+        assert set(hooks_left(sdnext).values()) == {0}
+        assert sdnext.image() == compiled_off and probe(sdnext)["graphs"] == graphs  # no stale hooks, no recompile
+        mode, size, pixels = compiled_off
+        diff = max(abs(a - b) for a, b in zip(pixels, off[2]))
+        print(f"compiled plain image vs eager: largest pixel difference {diff}")
+        assert (mode, size) == off[:2] and diff <= 2 and compiled_off != on
+    finally:
+        set_model_compile(sdnext, [])
+

@@ -144,17 +144,17 @@ class Server:
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode(errors="replace")
 
-    def generate(self, args=None, endpoint="txt2img", **fields):
+    def generate(self, args=None, endpoint="txt2img", timeout: float = REQUEST_TIMEOUT, **fields):
         """The response of one generation; ``args`` are Skip Tuning's (positional list or dict)."""
         payload = {**BASE, **fields}
         if args is not None:
             payload.setdefault("alwayson_scripts", {})[TITLE] = {"args": args if isinstance(args, list) else [args]}
-        status, body = self.request(f"/sdapi/v1/{endpoint}", payload)
+        status, body = self.request(f"/sdapi/v1/{endpoint}", payload, timeout)
         assert status == 200, f"HTTP {status}: {body}\n{self.log_tail()}"
         return body
 
-    def image(self, args=None, **fields):
-        return decode(self.generate(args, **fields)["images"][0])
+    def image(self, args=None, timeout: float = REQUEST_TIMEOUT, **fields):
+        return decode(self.generate(args, timeout=timeout, **fields)["images"][0])
 
 
 class Webuis:

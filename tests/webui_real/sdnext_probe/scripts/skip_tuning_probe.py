@@ -5,13 +5,17 @@
 * ``hooks``: forward hooks and pre-hooks on every module of the loaded model's and refiner's U-Net, the
   probe's own not counted (nothing else hooks them in this setup, so anything left is Skip Tuning's);
 * ``calls``: the last generation's U-Net calls in order, each ``{"model": "model" | "refiner", "hr": p.is_hr_pass,
-  "tuned": whether other pre-hooks sat on the up blocks during the call}``.
+  "tuned": whether other pre-hooks sat on the up blocks during the call}``; not recorded for a U-Net under
+  ``torch.compile`` (its graphs would keep the probe's hooks: torch does not guard module hooks);
+* ``compiled``: per U-Net, whether it is a ``torch.compile`` wrapper, and ``graphs``: the graphs dynamo has
+  compiled in this process.
 
 The always-on script "Skip Tuning probe" takes one argument, a U-Net call number k (0: never): the batch's
 k-th call raises a KeyError, which SD.Next's processing does not catch, so the generation ends with an error.
 """
 
 import gradio as gr
+import torch._dynamo.utils
 from modules import script_callbacks, scripts_manager, shared
 from modules.modeldata import model_data
 
@@ -62,6 +66,9 @@ class SkipTuningProbe(scripts_manager.Script):
         if p.enable_hr:
             _ = shared.sd_refiner  # load a configured refiner now, so that its U-Net can be watched too
         for name, unet in _unets().items():
+            if hasattr(unet, "_orig_mod"):
+                continue
+
             def record(module, args, _name=name, _unet=unet):
                 CALLS.append({"model": _name, "hr": bool(getattr(p, "is_hr_pass", False)),
                               "tuned": _foreign_hooks(_unet.up_blocks) > 0})
@@ -82,7 +89,9 @@ class SkipTuningProbe(scripts_manager.Script):
 def _state():
     return {"model_loaded": model_data.sd_model is not None,
             "hooks": {name: _foreign_hooks(list(unet.modules())) for name, unet in _unets().items()},
-            "calls": list(CALLS)}
+            "calls": list(CALLS),
+            "compiled": {name: hasattr(unet, "_orig_mod") for name, unet in _unets().items()},
+            "graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"]}
 
 
 def _add_route(demo, app):
