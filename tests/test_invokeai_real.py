@@ -1,4 +1,4 @@
-"""The InvokeAI node in a real InvokeAI 6.14.2, over its HTTP API (and its workflow editor: test_invokeai_frontend.py).
+"""The InvokeAI node in a real InvokeAI 6.14.2, over its HTTP API and in its workflow editor.
 
 One server for the module: InvokeAI from PyPI in its own venv (tests/invokeai_real/setup_invokeai.py), started
 headless on the CPU on 127.0.0.1 with a fresh root, the pack cloned into ``ROOT/nodes/`` and a tiny random-weight
@@ -18,6 +18,7 @@ Skips with the reason when the venv is missing (under CI=true that fails, tests/
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -32,6 +33,7 @@ from invokeai_real.server import (
 )
 
 NODE = "skip_tuning_denoise_latents"
+TITLE = "Denoise - SD1.5, SDXL + Skip Tuning"
 CORE = "denoise_latents"
 TEST_NODES = REPO_ROOT / "tests" / "invokeai_test_nodes"
 EXAMPLE_WORKFLOW = REPO_ROOT / "skip_tuning" / "invokeai" / "workflows" / "skip_tuning_txt2img.json"
@@ -128,7 +130,7 @@ def test_node_is_registered_with_every_core_input(invokeai):
     core = schemas["DenoiseLatentsInvocation"]
     assert set(core["properties"]) - {"type"} <= set(ours["properties"])
     assert ours["properties"]["type"]["default"] == NODE
-    assert ours["title"] == "Denoise - SD1.5, SDXL + Skip Tuning"
+    assert ours["title"] == TITLE
     assert ours["classification"] == "beta" and ours["node_pack"] == PACK
     for name in ("rho_bottom", "rho_top"):
         field = ours["properties"][name]
@@ -262,21 +264,119 @@ def test_a_model_without_long_skips_is_refused(invokeai):
 # --- install from the Custom Nodes tab ----------------------------------------------------------------------
 
 
-def test_custom_nodes_install_loads_the_pack_and_imports_the_example_workflow(invokeai):
-    server, model = invokeai
+@pytest.fixture(scope="session")
+def custom_nodes_install(invokeai):
+    """What the Custom Nodes tab does: the pack (cloned into nodes/ at start) uninstalled, then installed from its
+    git source, the way the tab's "Install" button calls the API."""
+    server, _ = invokeai
     removed = server.send("DELETE", f"/api/v2/custom_nodes/{PACK}")
     assert removed["success"], removed
     assert "SkipTuningDenoiseLatentsInvocation" not in server.get("/openapi.json")["components"]["schemas"]
-    installed = server.send("POST", "/api/v2/custom_nodes/install", {"source": str(server.pack_source)})
+    return server.send("POST", "/api/v2/custom_nodes/install", {"source": str(server.pack_source)})
+
+
+def test_custom_nodes_install_loads_the_pack_and_imports_the_example_workflow(invokeai, custom_nodes_install):
+    server, model = invokeai
+    installed = custom_nodes_install
     assert installed["success"] and installed["name"] == PACK, installed
     assert installed["workflows_imported"] == 1, installed  # ComfyUI's example_workflows have no "edges"
     packs = {pack["name"]: pack for pack in server.get("/api/v2/custom_nodes/")["node_packs"]}
     assert packs[PACK]["node_types"] == [NODE]
-    workflows = server.get("/api/v1/workflows/?per_page=100")["items"]
-    (listed,) = [workflow for workflow in workflows if f"node-pack:{PACK}" in (workflow.get("tags") or "")]
+    (listed,) = example_workflows(server)
     assert listed["name"] == json.loads(EXAMPLE_WORKFLOW.read_text())["name"]
     # The reinstalled node runs.
     assert run(server, txt2img(model, rho_bottom=0.8))["status"] == "completed"
+
+
+def example_workflows(server) -> list:
+    workflows = server.get("/api/v1/workflows/?per_page=100")["items"]
+    return [workflow for workflow in workflows if f"node-pack:{PACK}" in (workflow.get("tags") or "")]
+
+
+# --- the workflow editor, in headless Chromium (the project's Playwright set-up, tests/frontend_page.py) -------
+
+
+@pytest.fixture(scope="session")
+def page(invokeai):
+    from frontend_page import find_chromium, launch_chromium
+
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("Chromium is needed for the browser tests (CHROMIUM_PATH or chromium on PATH)")
+    pytest.importorskip("playwright", reason="Playwright is needed for the browser tests")
+    with launch_chromium(chromium) as browser:
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(invokeai[0].url, timeout=180_000)
+        page.get_by_label("Workflows", exact=True).first.click()
+        yield page
+
+
+def test_the_node_is_in_the_editors_picker_and_its_fields_render(page):
+    new_workflow = page.get_by_text("New Workflow", exact=True).first
+    if new_workflow.is_visible():
+        new_workflow.click()
+    page.get_by_text("Workflow Editor", exact=True).first.click()
+    page.get_by_role("button", name="Add Node").first.click()
+    page.get_by_placeholder("Search for nodes").fill("skip tuning")
+    found = page.get_by_role("listbox").get_by_role("button").filter(has_text=TITLE)
+    found.wait_for()  # strict: exactly one entry
+    assert "Skip-Tuning (Ma et al., ICML 2024)" in found.inner_text()
+    found.click()
+    added = page.locator(".react-flow__node.selected")  # the editor selects the node it adds
+    added.get_by_text(TITLE, exact=True).wait_for()
+    for label in ("Positive Conditioning", "Negative Conditioning", "UNet", "Noise", "Steps", "CFG Scale",
+                  "Scheduler", "Skip Tuning: rho bottom", "Skip Tuning: rho top", "Skip Tuning: rho per skip",
+                  "Skip Tuning: start", "Skip Tuning: end"):
+        assert added.get_by_text(label, exact=True).is_visible(), label
+
+
+def test_the_example_workflow_loads_and_runs_from_the_ui(invokeai, custom_nodes_install, page):
+    server, model = invokeai
+    workflow = json.loads(EXAMPLE_WORKFLOW.read_text())
+    # The library opens from the workflow's title, "Choose Workflow from Library" while none is loaded.
+    title = re.compile(f"^(Choose Workflow from Library|{re.escape(workflow['name'])})$")
+    page.get_by_role("button").filter(has_text=title).first.click()
+    page.get_by_text("Your Workflows", exact=True).click()
+    page.get_by_placeholder("Search by name, description or tags").fill("Skip Tuning")
+    page.get_by_role("dialog").get_by_text(workflow["name"], exact=True).first.click()
+    confirm = page.get_by_role("button", name="Load", exact=True)
+    page.wait_for_timeout(1000)
+    if confirm.is_visible():  # "your current workflow has unsaved changes": the node added above
+        confirm.click()
+    # The form: the Skip Tuning heading and its sliders, with the workflow's values.
+    page.get_by_text("Skip Tuning", exact=True).first.wait_for()
+    sliders = page.get_by_role("slider")
+    assert sliders.count() >= 5
+    assert page.get_by_text("Skip Tuning: rho bottom", exact=True).first.is_visible()
+    # A new install has its own model ids, so the model is picked in the form, as the workflow's notes say.
+    page.get_by_role("combobox").first.click()  # the form's only select: "Select a Model"
+    page.get_by_role("option").filter(has_text=model["name"]).first.click()
+    for label, value in (("Steps", 4), ("Width", 64), ("Height", 64)):  # the tier's size, typed into the form
+        box = page.locator(".form-builder-node-field").filter(has=page.get_by_text(label, exact=True))
+        box.get_by_role("spinbutton").fill(str(value))
+        box.get_by_role("spinbutton").press("Tab")
+    before = max(server.get("/api/v1/queue/default/item_ids")["item_ids"], default=0)
+    invoke = page.get_by_role("button", name="Invoke", exact=True)
+    deadline = time.monotonic() + 60
+    while not invoke.is_enabled():  # enabled once the UI's event connection is up and the graph is complete
+        assert time.monotonic() < deadline, ("Invoke stays disabled: no event connection? (InvokeAI 6.14.2 with "
+                                             "starlette >= 1.8; setup_invokeai.py pins it below)")
+        time.sleep(0.5)
+    invoke.click()
+    deadline = time.monotonic() + 60
+    while not (ids := [i for i in server.get("/api/v1/queue/default/item_ids")["item_ids"] if i > before]):
+        assert time.monotonic() < deadline, "the Invoke button queued nothing"
+        time.sleep(0.5)
+    item = server.wait(ids[0], timeout=600)
+    assert item["status"] == "completed", (item.get("error_message"), item.get("error_traceback"))
+    (denoise,) = [node for node in item["session"]["graph"]["nodes"].values() if node["type"] == NODE]
+    shipped = next(node["data"]["inputs"] for node in workflow["nodes"] if node["data"]["type"] == NODE)
+    assert denoise["rho_bottom"] == shipped["rho_bottom"]["value"] != 1.0
+    assert denoise["steps"] == 4
+    (noise,) = [node for node in item["session"]["graph"]["nodes"].values() if node["type"] == "noise"]
+    assert (noise["width"], noise["height"]) == (64, 64)
+    assert f"rho bottom to top = [{shipped['rho_bottom']['value']}" in server.log()
 
 
 def test_the_tier_ran_on_the_version_it_names(invokeai):

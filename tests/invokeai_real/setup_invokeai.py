@@ -4,11 +4,12 @@
     DIR/bin/python tests/invokeai_real/setup_invokeai.py model OUT  # a tiny random-weight SD1 diffusers folder
 
 ``venv``: a virtual environment of its own (default: .venv-invokeai in the repository root), torch pinned first
-so pip keeps it, then InvokeAI. ``model``: run with the venv's Python (it needs diffusers and transformers). The
-folder passes InvokeAI's importer as an SD1 main model (``model_index.json`` says StableDiffusionPipeline, the
-U-Net has cross_attention_dim 768 and 4 input channels) and needs no network: SD1's block layout (12 long skips)
-with narrow channels, a 2-layer CLIP text encoder of width 768 over a byte-level vocabulary of 514 tokens (so the
-tokenizer loads from the folder alone), a 4-level VAE (8x downscale) with 8 channels.
+so pip keeps it, then InvokeAI, with starlette held below 1.8 (see PINS). ``model``: run with the venv's Python
+(it needs diffusers and transformers). The folder passes InvokeAI's importer as an SD1 main model
+(``model_index.json`` says StableDiffusionPipeline, the U-Net has cross_attention_dim 768 and 4 input channels)
+and needs no network: SD1's block layout (12 long skips) with narrow channels, a 2-layer CLIP text encoder of
+width 768 over a byte-level vocabulary of 514 tokens (so the tokenizer loads from the folder alone), a 4-level
+VAE (8x downscale) with 8 channels.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INVOKEAI_VERSION = "6.14.2"
 TORCH = ("torch==2.14.1", "torchvision==0.29.1")  # the project's pinned torch; InvokeAI 6.14.2 takes 2.7 to 3.0
+# InvokeAI 6.14.2 asks for any starlette >= 0.46. From starlette 1.8 its gzip middleware drops the start of an
+# uncompressed response, so the UI's socket.io connection fails (HTTP 500) and its Invoke button stays disabled.
+PINS = (*TORCH, "starlette<1.8")
 DEFAULT_VENV = REPO_ROOT / ".venv-invokeai"
 
 
@@ -32,12 +36,13 @@ def build_venv(venv: Path) -> None:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     installed = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('invokeai'))"],
                                capture_output=True, text=True).stdout.strip()
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
     if installed == INVOKEAI_VERSION:
         print(f"InvokeAI {installed} is already in {venv}")
-        return
-    pip = [str(python), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, *TORCH], check=True)
-    subprocess.run([*pip, f"invokeai=={INVOKEAI_VERSION}", *TORCH], check=True)
+    else:
+        subprocess.run([*pip, *TORCH], check=True)
+        subprocess.run([*pip, f"invokeai=={INVOKEAI_VERSION}", *PINS], check=True)
+    subprocess.run([*pip, *PINS], check=True)  # also for a venv built before the pins
 
 
 def byte_symbols() -> list:
