@@ -460,8 +460,8 @@ def plot_steps(models, rows, path, model):
 
     m = models[model]
     rows = [r for r in rows if r["model"] == model]
-    if not rows:
-        return False
+    if len({r["steps"] for r in rows}) < 2:
+        return False  # a curve needs two step counts
     cfgs = sorted({r["cfg"] for r in rows})
     samplers = sorted({r["sampler"] for r in rows}, key=lambda s: SAMPLER_ORDER.get(s, 99))
     fig, axes = plt.subplots(len(cfgs), len(samplers), figsize=(4.4 * len(samplers), 3.4 * len(cfgs)),

@@ -330,7 +330,15 @@ def test_schedulers_report_confirms_per_schedule_and_compares_across(tmp_path, m
     assert "| U-Net (bundled) | 1 | Euler | 4 | 3 | AlignYourSteps (SD1): " in "\n".join(report.lines)
     rows = report.data["cells"]
     assert schedulers_report.plot_deltas(rows, str(tmp_path / "delta.png"), "unet")
-    assert schedulers_report.plot_steps(report.models, rows, str(tmp_path / "steps.png"), "unet")
+    assert not schedulers_report.plot_steps(report.models, rows, str(tmp_path / "steps.png"), "unet")  # one step count
+    for scheduler in ("normal", "ays"):  # a second step count confirmed: the step-curve figure
+        store(scheduler, 6, 1.0, 0, 0.3)
+        for block in (0, 1):
+            store(scheduler, 6, 0.8, block, 0.2)
+    report = schedulers_report.Report({"unet": schedulers_report.ModelResults(
+        str(tmp_path), schedulers_report.Reference(np.zeros(dim), np.eye(dim)))})
+    report.run()
+    assert schedulers_report.plot_steps(report.models, report.data["cells"], str(tmp_path / "steps.png"), "unet")
     assert (tmp_path / "delta.png").stat().st_size > 0 and (tmp_path / "steps.png").stat().st_size > 0
 
 
