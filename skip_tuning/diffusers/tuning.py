@@ -7,11 +7,18 @@ also run around whatever diffusers' registry hooks (layerwise casting, group off
 accelerate's offload hooks put in place of ``forward``, so the order in which they are applied does
 not matter. The factors are Python floats and every product is out of place: the dtype stays, and a
 skip that other code still holds is never changed.
+
+Under torch.compile a hook that dynamo traces reads its factors as float32 tensors instead (graph inputs,
+so blocks and handles share a graph rather than one per factor). Dynamo does not guard module hooks by
+default (``torch._dynamo.config.skip_nnmodule_hook_guards``): a compiled graph keeps the hooks it was
+traced with, so attaching or removing them afterwards goes unnoticed until it recompiles. The handle
+warns where that happens (docs/diffusers.md: torch.compile).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Callable
 
@@ -27,6 +34,7 @@ from .. import (
     validate_rho,
     validate_start_fraction,
 )
+from ..patch import _is_compiling, traced_scalars
 from .layouts import (
     RESIDUAL_CLASSES,
     U_VIT_CLASSES,
@@ -47,19 +55,28 @@ class TuningHandle:
     """The hooks one ``apply_*`` call attached. ``remove()`` detaches them (idempotent); used as a
     context manager it removes them on exit. Two handles on one model multiply their factors."""
 
-    def __init__(self, model: nn.Module, architecture: str, rhos: Sequence[float], hooks: list):
+    def __init__(self, model: nn.Module, architecture: str, rhos: Sequence[float], hooks: list,
+                 trace: _TraceRecord | None = None):
         self.model = model
         self.architecture = architecture
         self.rhos = tuple(rhos)  # per skip, deepest first (Skip Tuning); per block, input first (Residual)
         self._hooks = hooks
+        self._trace = trace
 
     @property
     def attached(self) -> bool:
         return bool(self._hooks)
 
     def remove(self) -> None:
+        traced = self._hooks and self._trace is not None and self._trace.traced
         while self._hooks:
             self._hooks.pop().remove()
+        if traced and not _hook_changes_recompile():
+            logger.warning(
+                "Skip Tuning: the %s hooks were compiled into a torch.compile graph, which keeps running them after "
+                "remove() (torch does not guard module hooks by default). Call torch.compiler.reset() before the "
+                "next compiled call, or set torch._dynamo.config.skip_nnmodule_hook_guards = False before compiling "
+                "(docs/diffusers.md: torch.compile).", self.architecture)
 
     def __enter__(self) -> TuningHandle:
         return self
@@ -70,6 +87,37 @@ class TuningHandle:
     def __repr__(self) -> str:
         state = "attached" if self.attached else "removed"
         return f"<TuningHandle {self.architecture} rhos={list(self.rhos)} {state}>"
+
+
+class _TraceRecord:
+    """Set by the hooks' traced path (a side effect dynamo replays at every compiled call): whether a
+    compiled graph holds this handle's hooks."""
+
+    traced = False
+
+
+def _hook_changes_recompile() -> bool:
+    """Whether compiled graphs notice module hooks attached or removed after they were traced: only with
+    ``torch._dynamo.config.skip_nnmodule_hook_guards`` off (torch's default is on)."""
+    dynamo_config = sys.modules.get("torch._dynamo.config")  # not loaded: nothing was compiled
+    return dynamo_config is None or not getattr(dynamo_config, "skip_nnmodule_hook_guards", True)
+
+
+def _compiled_as_a_whole(target, model: nn.Module, pipeline) -> bool:
+    """Whether ``model`` itself runs compiled: given or held by the pipeline as a ``torch.compile`` wrapper,
+    or compiled in place (``model.compile()``). Regional compilation compiles blocks, not the model."""
+    holders = [target] + [getattr(pipeline, name, None) for name in ("unet", "transformer") if pipeline is not None]
+    wrapped = any(getattr(holder, "_orig_mod", None) is model for holder in holders)
+    return wrapped or getattr(model, "_compiled_call_impl", None) is not None
+
+
+def _warn_if_compiled(target, model: nn.Module, pipeline, name: str) -> None:
+    if _compiled_as_a_whole(target, model, pipeline) and not _hook_changes_recompile():
+        logger.warning(
+            "%s: %s is compiled; a graph compiled before the hooks were attached does not run them (torch does "
+            "not guard module hooks by default). Call torch.compiler.reset() before the next compiled call, or "
+            "set torch._dynamo.config.skip_nnmodule_hook_guards = False before compiling, or attach before "
+            "compiling (docs/diffusers.md: torch.compile).", name, type(model).__name__)
 
 
 def resolve_model(target, attributes: Sequence[str]):
@@ -139,12 +187,15 @@ def _selected(active, tuned: torch.Tensor, untouched: torch.Tensor) -> torch.Ten
     return torch.where(active.to(tuned.device, non_blocking=True), tuned, untouched)
 
 
-def _scaled(tensor: torch.Tensor, rho: float, active) -> torch.Tensor:
+def _scaled(tensor: torch.Tensor, rho: float, traced_rho: torch.Tensor, active) -> torch.Tensor:
+    if _is_compiling():  # a graph input, whatever the factor (module docstring)
+        return _selected(active, tensor * traced_rho, tensor)
     return tensor if rho == 1.0 else _selected(active, tensor * rho, tensor)
 
 
-def _skip_hook_maker(site: SkipSite, factors: tuple, architecture: str) -> Callable:
+def _skip_hook_maker(site: SkipSite, factors: tuple, architecture: str, trace: _TraceRecord) -> Callable:
     warned = []
+    traced_factors = traced_scalars(factors)
 
     def make(gate):
         def skip_tuning_pre_hook(module, args, kwargs):
@@ -167,9 +218,12 @@ def _skip_hook_maker(site: SkipSite, factors: tuple, architecture: str) -> Calla
                             "differently, so its skips are left unscaled", architecture,
                             len(value) if isinstance(value, (tuple, list)) else type(value).__name__, len(factors))
                     return None
-                scaled = tuple(_scaled(skip, rho, active) for skip, rho in zip(value, factors))
+                scaled = tuple(_scaled(skip, rho, traced, active)
+                               for skip, rho, traced in zip(value, factors, traced_factors))
             else:
-                scaled = _scaled(value, factors[0], active)
+                scaled = _scaled(value, factors[0], traced_factors[0], active)
+            if _is_compiling():
+                trace.traced = True
             if in_kwargs:
                 return args, {**kwargs, site.argument: scaled}
             return (*args[:site.position], scaled, *args[site.position + 1:]), kwargs
@@ -179,8 +233,9 @@ def _skip_hook_maker(site: SkipSite, factors: tuple, architecture: str) -> Calla
     return make
 
 
-def _residual_hook_maker(site: ResidualSite, rho: float) -> Callable:
+def _residual_hook_maker(site: ResidualSite, rho: float, trace: _TraceRecord) -> Callable:
     removed = 1.0 - rho
+    (traced_removed,) = traced_scalars((removed,))
 
     def make(gate):
         def residual_tuning_hook(module, args, kwargs, output):
@@ -188,6 +243,9 @@ def _residual_hook_maker(site: ResidualSite, rho: float) -> Callable:
             if active is False or not isinstance(output, tuple):
                 return None
             outputs = list(output)
+            compiling = _is_compiling()
+            if compiling:
+                trace.traced = True
             for argument, position, index in site.streams:
                 identity = kwargs.get(argument, args[position] if len(args) > position else None)
                 out = outputs[index]
@@ -196,7 +254,8 @@ def _residual_hook_maker(site: ResidualSite, rho: float) -> Callable:
                     continue
                 # These blocks never change their inputs in place (diffusers' source), so the input still
                 # holds x: out = x + F(x) -> rho * x + F(x).
-                outputs[index] = _selected(active, out - identity.to(out.device) * removed, out)
+                share = identity.to(out.device) * (traced_removed if compiling else removed)
+                outputs[index] = _selected(active, out - share, out)
             return tuple(outputs)
 
         return site.module.register_forward_hook(residual_tuning_hook, with_kwargs=True)
@@ -238,16 +297,19 @@ def apply_skip_tuning(model_or_pipeline, rho_bottom: float = 1.0, rho_top: float
             f"{UNET_CLASSES}; {U_VIT_CLASSES}). For {RESIDUAL_CLASSES} use apply_residual_tuning."
         )
     rhos = resolve_rhos(layout.n_skips, rho_bottom, rho_top, explicit)
+    trace = _TraceRecord()
     makers = []
     for site in layout.sites:
         factors = tuple(rhos[index] for index in site.skip_indices)
         if any(rho != 1.0 for rho in factors):
-            makers.append(_skip_hook_maker(site, factors, layout.architecture))
+            makers.append(_skip_hook_maker(site, factors, layout.architecture, trace))
     hooks = _attach(model, _noise_window(start, end, model, pipeline, scheduler), makers)
+    if hooks:
+        _warn_if_compiled(model_or_pipeline, model, pipeline, "Skip Tuning")
     logger.info("Skip Tuning: %s, %d long skips, rho bottom to top = [%s]%s", layout.architecture, layout.n_skips,
                 ", ".join(f"{rho:.4g}" for rho in rhos), "" if (start, end) == (0.0, 1.0) else
                 f", active from {start:g} to {end:g} of the noise schedule")
-    return TuningHandle(model, layout.architecture, rhos, hooks)
+    return TuningHandle(model, layout.architecture, rhos, hooks, trace)
 
 
 def apply_residual_tuning(model_or_pipeline, rho_first: float, rho_last: float, *, start_depth: float = 0.0,
@@ -267,8 +329,11 @@ def apply_residual_tuning(model_or_pipeline, rho_first: float, rho_last: float, 
             f"For U-Nets and {U_VIT_CLASSES} use apply_skip_tuning."
         )
     rhos = block_factors(len(layout.sites), rho_first, rho_last, start_depth)
-    makers = [_residual_hook_maker(site, rho) for site, rho in zip(layout.sites, rhos) if rho != 1.0]
+    trace = _TraceRecord()
+    makers = [_residual_hook_maker(site, rho, trace) for site, rho in zip(layout.sites, rhos) if rho != 1.0]
     hooks = _attach(model, _noise_window(start, end, model, pipeline, scheduler), makers)
+    if hooks:
+        _warn_if_compiled(model_or_pipeline, model, pipeline, "Residual Tuning")
     logger.info("Residual Tuning: %s, %d blocks, rho first to last = [%s]", layout.architecture, len(rhos),
                 ", ".join(f"{rho:.4g}" for rho in rhos))
-    return TuningHandle(model, layout.architecture, rhos, hooks)
+    return TuningHandle(model, layout.architecture, rhos, hooks, trace)
