@@ -8,11 +8,12 @@ accelerate's offload hooks put in place of ``forward``, so the order in which th
 not matter. The factors are Python floats and every product is out of place: the dtype stays, and a
 skip that other code still holds is never changed.
 
-Under torch.compile a hook that dynamo traces reads its factors as float32 tensors instead (graph inputs,
-so blocks and handles share a graph rather than one per factor). Dynamo does not guard module hooks by
-default (``torch._dynamo.config.skip_nnmodule_hook_guards``): a compiled graph keeps the hooks it was
-traced with, so attaching or removing them afterwards goes unnoticed until it recompiles. The handle
-warns where that happens (docs/diffusers.md: torch.compile).
+Under torch.compile a hook that dynamo traces reads its factors as float32 tensors instead: graph inputs,
+fetched through the hook at every call, so blocks and calls share a graph rather than one per factor, and a
+graph whose hooks were removed is not replayed. Hooks attached after a graph was compiled are another
+matter: dynamo does not guard module hooks by default
+(``torch._dynamo.config.skip_nnmodule_hook_guards``), so that graph never runs them; the adapter warns
+where it sees a compiled model (docs/diffusers.md: torch.compile).
 """
 
 from __future__ import annotations
@@ -55,28 +56,19 @@ class TuningHandle:
     """The hooks one ``apply_*`` call attached. ``remove()`` detaches them (idempotent); used as a
     context manager it removes them on exit. Two handles on one model multiply their factors."""
 
-    def __init__(self, model: nn.Module, architecture: str, rhos: Sequence[float], hooks: list,
-                 trace: _TraceRecord | None = None):
+    def __init__(self, model: nn.Module, architecture: str, rhos: Sequence[float], hooks: list):
         self.model = model
         self.architecture = architecture
         self.rhos = tuple(rhos)  # per skip, deepest first (Skip Tuning); per block, input first (Residual)
         self._hooks = hooks
-        self._trace = trace
 
     @property
     def attached(self) -> bool:
         return bool(self._hooks)
 
     def remove(self) -> None:
-        traced = self._hooks and self._trace is not None and self._trace.traced
         while self._hooks:
             self._hooks.pop().remove()
-        if traced and not _hook_changes_recompile():
-            logger.warning(
-                "Skip Tuning: the %s hooks were compiled into a torch.compile graph, which keeps running them after "
-                "remove() (torch does not guard module hooks by default). Call torch.compiler.reset() before the "
-                "next compiled call, or set torch._dynamo.config.skip_nnmodule_hook_guards = False before compiling "
-                "(docs/diffusers.md: torch.compile).", self.architecture)
 
     def __enter__(self) -> TuningHandle:
         return self
@@ -89,15 +81,8 @@ class TuningHandle:
         return f"<TuningHandle {self.architecture} rhos={list(self.rhos)} {state}>"
 
 
-class _TraceRecord:
-    """Set by the hooks' traced path (a side effect dynamo replays at every compiled call): whether a
-    compiled graph holds this handle's hooks."""
-
-    traced = False
-
-
 def _hook_changes_recompile() -> bool:
-    """Whether compiled graphs notice module hooks attached or removed after they were traced: only with
+    """Whether compiled graphs notice module hooks attached after they were traced: only with
     ``torch._dynamo.config.skip_nnmodule_hook_guards`` off (torch's default is on)."""
     dynamo_config = sys.modules.get("torch._dynamo.config")  # not loaded: nothing was compiled
     return dynamo_config is None or not getattr(dynamo_config, "skip_nnmodule_hook_guards", True)
@@ -193,7 +178,7 @@ def _scaled(tensor: torch.Tensor, rho: float, traced_rho: torch.Tensor, active) 
     return tensor if rho == 1.0 else _selected(active, tensor * rho, tensor)
 
 
-def _skip_hook_maker(site: SkipSite, factors: tuple, architecture: str, trace: _TraceRecord) -> Callable:
+def _skip_hook_maker(site: SkipSite, factors: tuple, architecture: str) -> Callable:
     warned = []
     traced_factors = traced_scalars(factors)
 
@@ -222,8 +207,6 @@ def _skip_hook_maker(site: SkipSite, factors: tuple, architecture: str, trace: _
                                for skip, rho, traced in zip(value, factors, traced_factors))
             else:
                 scaled = _scaled(value, factors[0], traced_factors[0], active)
-            if _is_compiling():
-                trace.traced = True
             if in_kwargs:
                 return args, {**kwargs, site.argument: scaled}
             return (*args[:site.position], scaled, *args[site.position + 1:]), kwargs
@@ -233,7 +216,7 @@ def _skip_hook_maker(site: SkipSite, factors: tuple, architecture: str, trace: _
     return make
 
 
-def _residual_hook_maker(site: ResidualSite, rho: float, trace: _TraceRecord) -> Callable:
+def _residual_hook_maker(site: ResidualSite, rho: float) -> Callable:
     removed = 1.0 - rho
     (traced_removed,) = traced_scalars((removed,))
 
@@ -244,8 +227,6 @@ def _residual_hook_maker(site: ResidualSite, rho: float, trace: _TraceRecord) ->
                 return None
             outputs = list(output)
             compiling = _is_compiling()
-            if compiling:
-                trace.traced = True
             for argument, position, index in site.streams:
                 identity = kwargs.get(argument, args[position] if len(args) > position else None)
                 out = outputs[index]
@@ -297,19 +278,18 @@ def apply_skip_tuning(model_or_pipeline, rho_bottom: float = 1.0, rho_top: float
             f"{UNET_CLASSES}; {U_VIT_CLASSES}). For {RESIDUAL_CLASSES} use apply_residual_tuning."
         )
     rhos = resolve_rhos(layout.n_skips, rho_bottom, rho_top, explicit)
-    trace = _TraceRecord()
     makers = []
     for site in layout.sites:
         factors = tuple(rhos[index] for index in site.skip_indices)
         if any(rho != 1.0 for rho in factors):
-            makers.append(_skip_hook_maker(site, factors, layout.architecture, trace))
+            makers.append(_skip_hook_maker(site, factors, layout.architecture))
     hooks = _attach(model, _noise_window(start, end, model, pipeline, scheduler), makers)
     if hooks:
         _warn_if_compiled(model_or_pipeline, model, pipeline, "Skip Tuning")
     logger.info("Skip Tuning: %s, %d long skips, rho bottom to top = [%s]%s", layout.architecture, layout.n_skips,
                 ", ".join(f"{rho:.4g}" for rho in rhos), "" if (start, end) == (0.0, 1.0) else
                 f", active from {start:g} to {end:g} of the noise schedule")
-    return TuningHandle(model, layout.architecture, rhos, hooks, trace)
+    return TuningHandle(model, layout.architecture, rhos, hooks)
 
 
 def apply_residual_tuning(model_or_pipeline, rho_first: float, rho_last: float, *, start_depth: float = 0.0,
@@ -329,11 +309,10 @@ def apply_residual_tuning(model_or_pipeline, rho_first: float, rho_last: float, 
             f"For U-Nets and {U_VIT_CLASSES} use apply_skip_tuning."
         )
     rhos = block_factors(len(layout.sites), rho_first, rho_last, start_depth)
-    trace = _TraceRecord()
-    makers = [_residual_hook_maker(site, rho, trace) for site, rho in zip(layout.sites, rhos) if rho != 1.0]
+    makers = [_residual_hook_maker(site, rho) for site, rho in zip(layout.sites, rhos) if rho != 1.0]
     hooks = _attach(model, _noise_window(start, end, model, pipeline, scheduler), makers)
     if hooks:
         _warn_if_compiled(model_or_pipeline, model, pipeline, "Residual Tuning")
     logger.info("Residual Tuning: %s, %d blocks, rho first to last = [%s]", layout.architecture, len(rhos),
                 ", ".join(f"{rho:.4g}" for rho in rhos))
-    return TuningHandle(model, layout.architecture, rhos, hooks, trace)
+    return TuningHandle(model, layout.architecture, rhos, hooks)
