@@ -330,6 +330,8 @@ def set_model_compile(server: Server, targets: list):
 def test_model_compile(sdnext, image):
     """SD.Next's "Compile Model" (torch.compile, inductor, on the CPU): tuned steps run the compiled U-Net
     eagerly (its graphs would ignore hooks added after compiling), plain steps keep the compiled graph."""
+    if probe(sdnext)["compiled"]["model"]:  # SD.Next keeps its settings: an aborted run may have left it on
+        set_model_compile(sdnext, [])
     off, on, lower = image(), image(ON), image([True, 0.6, 1.0])
     set_model_compile(sdnext, ["Model"])
     try:

@@ -26,7 +26,8 @@ CALLS = []
 
 def _unets():
     models = {"model": model_data.sd_model, "refiner": model_data.sd_refiner}
-    return {name: getattr(model, "unet", None) for name, model in models.items() if getattr(model, "unet", None)}
+    unets = {name: getattr(model, "unet", None) for name, model in models.items()}
+    return {name: unet for name, unet in unets.items() if unet is not None}  # a compiled one has no truth value
 
 
 def _foreign_hooks(modules) -> int:
