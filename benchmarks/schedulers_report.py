@@ -301,7 +301,7 @@ class Report:
                         continue
                     off = lo == hi == 1.0
                     if off:
-                        status = "reversed" if r["verdict"] == "better" else "held"
+                        status = "a value gained (the row says off)" if r["verdict"] == "better" else "held"
                     elif r["verdict"] == "better":
                         status = "held" if lo - 1e-9 <= r["rho"] <= hi + 1e-9 else "held, other rho"
                     else:
@@ -376,8 +376,7 @@ class Report:
         self.out()
         self.out("A row \"held\" where the confirmed best `rho_bottom` lies in the row's range and beat plain beyond "
                  "the noise; \"held, other rho\" where a value outside the range did; for the rows that say off "
-                 "(CFG 4), \"held\" where no value beat plain and \"reversed\" where one did; \"reversed\" for the "
-                 "others where the best value lost to plain.")
+                 "(CFG 4), \"held\" where no value beat plain; \"reversed\" where the best value lost to plain.")
         self.out()
         self.out("| row | model | schedule | advised | confirmed best rho | delta (95% CI) | status |")
         self.out("|---|---|---|---|---:|---|---|")
@@ -430,7 +429,10 @@ def plot_deltas(rows, path, model):
                                 label=SCHEDULER_LABELS.get(scheduler) if x == 0 else None)
                     ax.annotate(f"{r['rho']:.1f}", (pos, r["hi"]), textcoords="offset points", xytext=(0, 2),
                                 fontsize=6, ha="center", color=f"C{k}")
+            if not ax.lines:
+                ax.text(0.5, 0.5, "pending", transform=ax.transAxes, ha="center", color="0.5")
             ax.axhline(0, color="0.5", lw=0.8)
+            ax.set_xlim(-0.5, len(steps_all) - 0.5)
             ax.set_xticks(range(len(steps_all)))
             ax.set_xticklabels([f"{s} steps" for s in steps_all])
             ax.set_title(f"{LABELS.get(sampler, sampler)}, CFG {cfg:g}")
