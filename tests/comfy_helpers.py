@@ -313,9 +313,10 @@ def build_tiny_hunyuan_dit(seed: int = 0, dtype: torch.dtype = torch.float32):
     return _patcher(model)
 
 
-def build_tiny_hunyuan3d(seed: int = 0, num_moe_layers: int = 2):
-    """A ModelPatcher around ComfyUI's Hunyuan3D 2.1 DiT (depth 21, 10 long skips, MoE tail), tiny.
-    ``num_moe_layers=0`` leaves out the MoE tail, whose routing (bincount) breaks a compiled graph."""
+def build_tiny_hunyuan3d(seed: int = 0, num_moe_layers: int = 2, depth: int = 21):
+    """A ModelPatcher around ComfyUI's Hunyuan3D 2.1 DiT (depth 21: 10 long skips, MoE tail), tiny.
+    ``num_moe_layers=0`` leaves out the MoE tail, whose routing (bincount) breaks a compiled graph; a smaller
+    ``depth`` (7: 3 long skips) keeps inductor's compile short."""
     import comfy.supported_models
 
     unet_config = {
@@ -323,7 +324,7 @@ def build_tiny_hunyuan3d(seed: int = 0, num_moe_layers: int = 2):
         "in_channels": HUNYUAN3D_CHANNELS,
         "hidden_size": 32,
         "context_dim": CONTEXT_DIM,
-        "depth": 21,
+        "depth": depth,
         "num_heads": 2,
         "num_moe_layers": num_moe_layers,
         "num_experts": 2,

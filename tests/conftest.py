@@ -113,6 +113,16 @@ def skip_tuning_pack(comfy):
 
 
 @pytest.fixture(scope="session")
+def torch_compile_node(comfy):
+    """ComfyUI's TorchCompileModel node class (the compile tests of U-Net, U-ViT and DiT patches)."""
+    try:
+        from comfy_extras.nodes_torch_compile import TorchCompileModel
+    except ImportError as error:
+        pytest.skip(f"this ComfyUI has no TorchCompileModel: {error}")
+    return TorchCompileModel
+
+
+@pytest.fixture(scope="session")
 def comfy_nodes(skip_tuning_pack):
     """The pack's node classes (V3 schema), imported as ComfyUI imports them through ``comfy_entrypoint``."""
     import importlib

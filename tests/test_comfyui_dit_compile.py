@@ -34,15 +34,6 @@ def adapters(skip_tuning_pack):
     return skip_tuning_pack.skip_tuning.comfyui
 
 
-@pytest.fixture(scope="module")
-def torch_compile_node(comfy):
-    try:
-        from comfy_extras.nodes_torch_compile import TorchCompileModel
-    except ImportError as error:
-        pytest.skip(f"this ComfyUI has no TorchCompileModel: {error}")
-    return TorchCompileModel
-
-
 @pytest.fixture
 def one_graph(comfy, monkeypatch):
     """PyTorch attention wherever the DiTs call ComfyUI's (its CPU attention breaks the graph); dynamo's
@@ -81,7 +72,7 @@ CASES = {
     "flux": (lambda: ch.build_tiny_flux(depth=1, depth_single_blocks=1), flux_nodes,
              lambda model: ch.sample(model, steps=STEPS, channels=16)),
     "sd3": (lambda: ch.build_tiny_sd3(depth=2), flux_nodes, lambda model: ch.sample(model, steps=STEPS, channels=16)),
-    "hunyuan3d_2_1": (lambda: ch.build_tiny_hunyuan3d(num_moe_layers=0), uvit_nodes,
+    "hunyuan3d_2_1": (lambda: ch.build_tiny_hunyuan3d(num_moe_layers=0, depth=7), uvit_nodes,
                       lambda model: ch.sample_hunyuan3d(model, steps=STEPS)),
 }
 

@@ -31,15 +31,6 @@ def nodes(skip_tuning_pack):
     return skip_tuning_pack.skip_tuning.comfyui.adapter
 
 
-@pytest.fixture(scope="module")
-def torch_compile_node(comfy):
-    try:
-        from comfy_extras.nodes_torch_compile import TorchCompileModel
-    except ImportError as error:
-        pytest.skip(f"this ComfyUI has no TorchCompileModel: {error}")
-    return TorchCompileModel
-
-
 @pytest.fixture(params=["one_graph", "split"])
 def attention(request, comfy, monkeypatch):
     """The attention ComfyUI's U-Net calls; dynamo's caches are emptied before and after."""
