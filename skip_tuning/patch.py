@@ -191,10 +191,11 @@ def make_skip_replace_patch(rho: float, previous=None, control_residual: torch.T
     already added to the skip, kept at full strength (``rho * (skip + r) + (1 - rho) * r``).
     ``traced``: (rho, 1 - rho) as tensors (:func:`traced_scalars`), what the patch reads when
     torch.compile traces it; it then always multiplies, so every factor traces the same graph.
-    Run eagerly it multiplies by the Python float, and rho 1 passes the skip on untouched.
+    Without them a traced call reads the Python floats (constants of that graph). Run eagerly it
+    multiplies by the Python float, and rho 1 passes the skip on untouched.
     """
     factor = float(rho)
-    traced_factor, traced_keep = traced if traced is not None else traced_scalars((factor, 1.0 - factor))
+    traced_factor, traced_keep = traced if traced is not None else (factor, 1.0 - factor)
 
     def skip_tuning_replace_patch(args, extra):
         skip = args.get("skip")

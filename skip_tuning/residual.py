@@ -102,12 +102,13 @@ def make_residual_replace_patch(rho: float, previous=None, traced_removed=None):
     The identity share is taken before the block runs: Flux's single-stream blocks add to their
     input in place, so ``args["img"]`` may hold the output afterwards. ``traced_removed``: ``1 - rho``
     as a tensor (``traced_scalars``), what the patch reads when torch.compile traces it; it then always
-    subtracts, so every factor traces the same graph (patch.py). Run eagerly it multiplies by the
-    Python float, and rho 1 returns the block's output untouched.
+    subtracts, so every factor traces the same graph (patch.py); without it a traced call reads the
+    Python float (a constant of that graph). Run eagerly it multiplies by the Python float, and rho 1
+    returns the block's output untouched.
     """
     removed = 1.0 - float(rho)
     if traced_removed is None:
-        (traced_removed,) = traced_scalars((removed,))
+        traced_removed = removed
 
     def residual_tuning_replace_patch(args, extra):
         compiling = _is_compiling()
