@@ -8,9 +8,12 @@ SD1 diffusers folder installed through its model importer. Graphs are 64x64, 4 s
 Proven: the node registers with every input of the core denoise; rho 1 gives the core node's image bit for bit and
 rho 0.8 changes it, on both paths; the core denoise afterwards gives its first image again (nothing left on the
 shared U-Net), also after a failed run (hooks attached, then an error) and a cancelled one; a queue batch of two
-seeds; FreeU on the same U-Net stacks; bad input is refused when queued; a non-U-Net model is refused with a
-clear message; the error reaches the failed queue item and InvokeAI's log; the Custom Nodes install clones the
-pack, loads it and imports the example workflow.
+seeds; FreeU on the same U-Net stacks; on both paths, a tiny SDXL model (9 skips), an inpaint under a denoise
+mask (the kept latents are the init latents bit for bit, tuned or not), a ControlNet, a T2I-Adapter and a LoRA
+(each installed through the importer): rho 1 is the core image, rho 0.8 changes it, the core afterwards is
+unchanged; bad input is refused when queued; a non-U-Net model is refused with a clear message; the error reaches
+the failed queue item and InvokeAI's log; the Custom Nodes install clones the pack, loads it and imports the
+example workflow.
 
 Skips with the reason when the venv is missing (under CI=true that fails, tests/conftest.py).
 """
@@ -31,6 +34,7 @@ from invokeai_real.server import (
     missing_requirement,
     working_tree_snapshot,
 )
+from invokeai_real.setup_invokeai import EXTRAS
 
 NODE = "skip_tuning_denoise_latents"
 TITLE = "Denoise - SD1.5, SDXL + Skip Tuning"
@@ -60,6 +64,7 @@ def invokeai(tmp_path_factory):
         config = server.install_model(model)
         identifier = {name: config[name] for name in ("key", "hash", "name", "base", "type")}
         server.pack_source = work / "source" / PACK
+        server.model_path = model
         yield server, identifier
     finally:
         server.stop()
@@ -67,11 +72,13 @@ def invokeai(tmp_path_factory):
 
 def txt2img(model: dict, *, node: str = NODE, seed: int = 1, steps: int = 4, modular: bool = False,
             freeu: bool = False, **denoise) -> dict:
-    """A txt2img graph (64x64) through ``node``; ``denoise`` sets its inputs (Skip Tuning ones included)."""
+    """A txt2img graph (64x64) through ``node``; ``denoise`` sets its inputs (Skip Tuning ones included). An SDXL
+    ``model`` gets SDXL's loader and prompt nodes."""
+    sdxl = model["base"] == "sdxl"
     nodes = {
-        "model": {"type": "main_model_loader", "model": model},
-        "positive": {"type": "compel", "prompt": "a red cube on a table"},
-        "negative": {"type": "compel", "prompt": ""},
+        "model": {"type": "sdxl_model_loader" if sdxl else "main_model_loader", "model": model},
+        "positive": {"type": "sdxl_compel_prompt" if sdxl else "compel", "prompt": "a red cube on a table"},
+        "negative": {"type": "sdxl_compel_prompt" if sdxl else "compel", "prompt": ""},
         "noise": {"type": "noise", "seed": seed, "width": 64, "height": 64, "use_cpu": True},
         "path": {"type": "skip_tuning_test_denoise_path", "modular": modular},
         "denoise": {"type": node, "steps": steps, "cfg_scale": 5.0, "scheduler": "euler", **denoise},
@@ -82,16 +89,27 @@ def txt2img(model: dict, *, node: str = NODE, seed: int = 1, steps: int = 4, mod
              ("negative", "conditioning", "denoise", "negative_conditioning"),
              ("noise", "noise", "path", "noise"), ("path", "latents", "denoise", "noise"),
              ("denoise", "latents", "decode", "latents"), ("model", "vae", "decode", "vae")]
+    if sdxl:
+        edges += [("model", "clip2", "positive", "clip2"), ("model", "clip2", "negative", "clip2")]
     if freeu:
         nodes["freeu"] = {"type": "freeu", "b1": 1.2, "b2": 1.4, "s1": 0.9, "s2": 0.2}
         edges += [("model", "unet", "freeu", "unet"), ("freeu", "unet", "denoise", "unet")]
     elif "unet" not in denoise:
         edges.append(("model", "unet", "denoise", "unet"))
+    graph = {"id": f"skip-tuning-test-{time.monotonic_ns()}", "nodes": {}, "edges": []}
+    return extend(graph, nodes, edges)
+
+
+def extend(graph: dict, nodes: dict, edges: list) -> dict:
+    """``graph`` with ``nodes`` added and ``edges`` (source node, field, destination node, field) connected, each
+    in place of the edge that fed its destination before."""
     for node_id, fields in nodes.items():
-        fields.update(id=node_id, use_cache=False)
-    return {"id": f"skip-tuning-test-{time.monotonic_ns()}", "nodes": nodes,
-            "edges": [{"source": {"node_id": a, "field": b}, "destination": {"node_id": c, "field": d}}
-                      for a, b, c, d in edges]}
+        graph["nodes"][node_id] = {**fields, "id": node_id, "use_cache": False}
+    for a, b, c, d in edges:
+        destination = {"node_id": c, "field": d}
+        graph["edges"] = [edge for edge in graph["edges"] if edge["destination"] != destination]
+        graph["edges"].append({"source": {"node_id": a, "field": b}, "destination": destination})
+    return graph
 
 
 def run(server, graph) -> dict:
@@ -199,6 +217,150 @@ def test_freeu_on_the_same_unet_stacks(invokeai, baseline):
     assert not same(both, freeu_only) and not same(both, tuned_only)
     assert same(image(server, txt2img(model, freeu=True, modular=True)),
                 image(server, txt2img(model, node=CORE, freeu=True, modular=True)))
+    assert_core_unchanged(invokeai, baseline)
+
+
+# --- SDXL, inpainting, ControlNet, T2I-Adapter, LoRA ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def extras(invokeai):
+    """A tiny SDXL model and a ControlNet, T2I-Adapter and LoRA for the SD1 one, installed through the importer
+    (built by setup_invokeai.py extras): their identifiers by EXTRAS' names."""
+    import subprocess
+
+    server, _ = invokeai
+    out = server.model_path.parent / "extras"
+    subprocess.run([str(invokeai_venv() / "bin" / "python"), str(SETUP), "extras", str(server.model_path), str(out)],
+                   check=True, capture_output=True, timeout=600)
+    installed = {name: server.install_model(out / path) for name, path in EXTRAS.items()}
+    expected = {"sdxl": ("main", "sdxl"), "controlnet": ("controlnet", "sd-1"),
+                "t2i_adapter": ("t2i_adapter", "sd-1"), "lora": ("lora", "sd-1")}
+    assert {name: (config["type"], config["base"]) for name, config in installed.items()} == expected
+    return {name: {field: config[field] for field in ("key", "hash", "name", "base", "type")}
+            for name, config in installed.items()}
+
+
+@pytest.fixture(scope="session")
+def pictures(invokeai):
+    """Uploaded inputs: a 64x64 image of random pixels (init and control image) and an inpaint mask whose right
+    half is white (kept: create_denoise_mask keeps the image where the mask is white) and left half black."""
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(0)
+    picture = Image.frombytes("RGB", (64, 64), bytes(rng.randrange(256) for _ in range(64 * 64 * 3)))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))
+    return {"image": invokeai[0].upload_image(picture), "mask": invokeai[0].upload_image(mask)}
+
+
+def results(item: dict, node_id: str) -> dict:
+    session = item["session"]
+    (output,) = (session["results"][name] for name in session["source_prepared_mapping"][node_id])
+    return output
+
+
+PATHS = {"default": False, "modular": True}
+
+
+def test_sdxl_rho_1_is_the_core_image_and_rho_0_8_changes_it(invokeai, extras):
+    server, _ = invokeai
+    sdxl = extras["sdxl"]
+    log_before = len(server.log())
+    for modular in PATHS.values():
+        core = image(server, txt2img(sdxl, node=CORE, modular=modular))
+        assert same(image(server, txt2img(sdxl, modular=modular)), core)
+        tuned = image(server, txt2img(sdxl, modular=modular, rho_bottom=0.8))
+        assert not same(tuned, core)
+        assert same(image(server, txt2img(sdxl, node=CORE, modular=modular)), core), "the SDXL U-Net kept a hook"
+    tuning = [line for line in server.log()[log_before:].splitlines() if "Skip Tuning: UNet2DConditionModel" in line]
+    assert len(tuning) == 4 and all("9 long skips" in line for line in tuning), tuning  # rho 1 and 0.8, per path
+    # A factor list for the SD1 count fails on SDXL's 9 skips, with the count in the message.
+    item = run(server, txt2img(sdxl, rho_per_skip=", ".join(["0.9"] * 12)))
+    assert item["status"] == "failed" and "this model has 9 long skips" in item["error_message"]
+
+
+@pytest.fixture(scope="session")
+def init_latents(invokeai, pictures) -> str:
+    """The uploaded image encoded once (its tensor's name): InvokeAI's image-to-latents samples the VAE's
+    posterior without a seed, so each encode of it differs (much, with random VAE weights)."""
+    server, model = invokeai
+    graph = extend({"id": f"skip-tuning-test-{time.monotonic_ns()}", "nodes": {}, "edges": []}, {
+        "model": {"type": "main_model_loader", "model": model},
+        "init": {"type": "i2l", "image": {"image_name": pictures["image"]}, "fp32": True},
+    }, [("model", "vae", "init", "vae")])
+    return results(run(server, graph), "init")["latents"]["latents_name"]
+
+
+def inpaint(model: dict, pictures: dict, init_latents: str, **settings) -> dict:
+    """img2img from the encoded image (denoising_start 0.5) under the uploaded mask, with hashes of the init and
+    the result latents on each side of the mask."""
+    graph = txt2img(model, denoising_start=0.5, **settings)
+    return extend(graph, {
+        "init": {"type": "latents", "latents": {"latents_name": init_latents}},
+        "mask": {"type": "create_denoise_mask", "mask": {"image_name": pictures["mask"]}, "fp32": True},
+        "init_digest": {"type": "skip_tuning_test_latents_digest"},
+        "digest": {"type": "skip_tuning_test_latents_digest"},
+    }, [("model", "vae", "mask", "vae"),
+        ("init", "latents", "denoise", "latents"), ("mask", "denoise_mask", "denoise", "denoise_mask"),
+        ("init", "latents", "init_digest", "latents"), ("mask", "denoise_mask", "init_digest", "mask"),
+        ("denoise", "latents", "digest", "latents"), ("mask", "denoise_mask", "digest", "mask")])
+
+
+def inpainted(server, graph) -> tuple:
+    """The image and the latent hashes (init, result) of an inpaint run."""
+    item = run(server, graph)
+    hashes = [json.loads(results(item, node)["value"]) for node in ("init_digest", "digest")]
+    return server.image(item, "decode"), *hashes
+
+
+@pytest.mark.parametrize("modular", PATHS.values(), ids=PATHS.keys())
+def test_inpainting_rho_1_is_the_core_image_and_the_kept_region_stays(invokeai, baseline, pictures, init_latents,
+                                                                      modular):
+    server, model = invokeai
+    core, init, core_latents = inpainted(server, inpaint(model, pictures, init_latents, node=CORE, modular=modular))
+    # The mask splits the 8x8 latents in halves; the core keeps the white half's init latents and inpaints the rest.
+    assert core_latents["high_count"] == core_latents["low_count"] == 4 * 8 * 4
+    assert core_latents["high"] == init["high"] and core_latents["low"] != init["low"]
+    image_1, _, latents_1 = inpainted(server, inpaint(model, pictures, init_latents, modular=modular))
+    assert same(image_1, core) and latents_1 == core_latents
+    tuned, _, tuned_latents = inpainted(server, inpaint(model, pictures, init_latents, modular=modular,
+                                                        rho_bottom=0.8))
+    assert not same(tuned, core)
+    # Tuned, the kept half is still the init latents bit for bit, as the core keeps it; the inpainted half differs.
+    assert tuned_latents["high"] == core_latents["high"] and tuned_latents["low"] != core_latents["low"]
+    assert_core_unchanged(invokeai, baseline, modular)
+
+
+def with_addition(graph: dict, kind: str, extras: dict, pictures: dict) -> dict:
+    """``graph`` with a ControlNet or T2I-Adapter on the uploaded image feeding the denoise, or the LoRA applied
+    to the U-Net and the text encoder (weight 1)."""
+    picture = {"image_name": pictures["image"]}
+    if kind == "controlnet":
+        return extend(graph, {"addition": {"type": "controlnet", "image": picture, "control_model": extras[kind],
+                                           "control_weight": 1.0}},
+                      [("addition", "control", "denoise", "control")])
+    if kind == "t2i_adapter":
+        return extend(graph, {"addition": {"type": "t2i_adapter", "image": picture, "t2i_adapter_model": extras[kind],
+                                           "weight": 1.0}},
+                      [("addition", "t2i_adapter", "denoise", "t2i_adapter")])
+    return extend(graph, {"addition": {"type": "lora_loader", "lora": extras[kind], "weight": 1.0}},
+                  [("model", "unet", "addition", "unet"), ("model", "clip", "addition", "clip"),
+                   ("addition", "unet", "denoise", "unet"), ("addition", "clip", "positive", "clip"),
+                   ("addition", "clip", "negative", "clip")])
+
+
+@pytest.mark.parametrize("kind", ["controlnet", "t2i_adapter", "lora"])
+def test_control_adapters_and_lora_stack(invokeai, baseline, extras, pictures, kind):
+    server, model = invokeai
+    for modular in PATHS.values():
+        core = image(server, with_addition(txt2img(model, node=CORE, modular=modular), kind, extras, pictures))
+        assert not same(core, baseline[modular]), f"the {kind} changed nothing"
+        assert same(image(server, with_addition(txt2img(model, modular=modular), kind, extras, pictures)), core)
+        tuned = image(server, with_addition(txt2img(model, modular=modular, rho_bottom=0.8), kind, extras, pictures))
+        assert not same(tuned, core) and not same(tuned, baseline[modular])
     assert_core_unchanged(invokeai, baseline)
 
 

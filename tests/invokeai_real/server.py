@@ -140,6 +140,19 @@ class InvokeAIServer:
         assert status in (200, 201), (method, path, status, payload[:3000])
         return json.loads(payload) if payload else None
 
+    def upload_image(self, image) -> str:
+        """Upload a PIL image as the web UI does; its image name, for a graph's ImageField."""
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        boundary = f"skip-tuning-{time.monotonic_ns()}"
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="upload.png"\r\n'
+                f"Content-Type: image/png\r\n\r\n").encode() + png.getvalue() + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(
+            self.url + "/api/v1/images/upload?image_category=general&is_intermediate=false", data=body,
+            method="POST", headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())["image_name"]
+
     # -- models ---------------------------------------------------------------------------------------------
     def install_model(self, path: Path, timeout: float = 300) -> dict:
         job = self.send("POST", f"/api/v2/models/install?source={urllib.request.quote(str(path))}&inplace=true", {})

@@ -9,7 +9,8 @@ so pip keeps it, then InvokeAI, with starlette held below 1.8 (see PINS). ``mode
 (``model_index.json`` says StableDiffusionPipeline, the U-Net has cross_attention_dim 768 and 4 input channels)
 and needs no network: SD1's block layout (12 long skips) with narrow channels, a 2-layer CLIP text encoder of
 width 768 over a byte-level vocabulary of 514 tokens (so the tokenizer loads from the folder alone), a 4-level
-VAE (8x downscale) with 8 channels.
+VAE (8x downscale) with 8 channels. ``extras``: beside the SD1 folder, what composes with it and an SDXL model
+(see ``build_extras``).
 """
 
 from __future__ import annotations
@@ -88,6 +89,83 @@ def build_model(out: Path) -> None:
     pipeline.save_pretrained(str(out))
 
 
+EXTRAS = {"sdxl": "tiny-sdxl", "controlnet": "tiny-controlnet", "t2i_adapter": "tiny-t2i-adapter",
+          "lora": "tiny-lora.safetensors"}  # what ``extras`` writes into its folder
+
+
+def build_sdxl(out: Path) -> None:
+    """A tiny random-weight SDXL folder that InvokeAI's importer takes as SDXL (``StableDiffusionXLPipeline``, a
+    U-Net with cross_attention_dim 2048 and 4 input channels): SDXL's block layout (3 levels, 9 long skips, the
+    "text_time" added conditioning) with narrow channels; the two text encoders keep SDXL's widths, 768 and 1280,
+    whose sum is the U-Net's 2048 and whose second one is also the pooled width (InvokeAI pools an empty prompt to
+    zeros of the encoder's hidden size, a prompt to its projection: both must be the 1280 the U-Net expects),
+    with 2 layers over the byte-level vocabulary."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(0)
+    vocabulary = byte_level_vocabulary()
+
+    def text_config(width: int) -> CLIPTextConfig:
+        return CLIPTextConfig(vocab_size=len(vocabulary), hidden_size=width, intermediate_size=128,
+                              num_hidden_layers=2, num_attention_heads=width // 64, max_position_embeddings=77,
+                              projection_dim=width, bos_token_id=vocabulary["<|startoftext|>"],
+                              eos_token_id=vocabulary["<|endoftext|>"], pad_token_id=1)
+
+    pooled_width, time_width = 1280, 8
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=2048,
+        attention_head_dim=(2, 4, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=time_width, projection_class_embeddings_input_dim=pooled_width + 6 * time_width,
+        norm_num_groups=8)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=0.13025)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
+    pipeline = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(text_config(768)),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(pooled_width)),
+        tokenizer=CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=77),
+        tokenizer_2=CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=77), unet=unet, scheduler=scheduler)
+    pipeline.save_pretrained(str(out))
+
+
+def build_extras(sd1: Path, out: Path) -> None:
+    """Beside the tiny SD1 folder: a ControlNet made from its U-Net (``ControlNetModel.from_unet``; its zero
+    convolutions drawn at random, or the control would add nothing), a T2I-Adapter whose four feature maps match
+    that U-Net's four levels (``full_adapter``, channels 32, 32, 64, 64, 64x total downscale), a LoRA in kohya's
+    format on the cross-attention keys and values of that U-Net (the importer reads SD1 from their 768 inputs),
+    and the SDXL folder (``build_sdxl``)."""
+    import torch
+    from diffusers import ControlNetModel, T2IAdapter, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel.from_pretrained(str(sd1 / "unet"))
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 32))
+    for zero in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                 controlnet.controlnet_cond_embedding.conv_out):
+        torch.nn.init.normal_(zero.weight, std=0.05)
+    controlnet.save_pretrained(str(out / EXTRAS["controlnet"]))
+    T2IAdapter(in_channels=3, channels=[32, 32, 64, 64], num_res_blocks=1, downscale_factor=8,
+               adapter_type="full_adapter").save_pretrained(str(out / EXTRAS["t2i_adapter"]))
+    rank, lora = 4, {}
+    for name, module in unet.named_modules():
+        if name.endswith(("attn2.to_k", "attn2.to_v")):
+            key = "lora_unet_" + name.replace(".", "_")
+            lora[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features) * 0.1
+            lora[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank) * 0.1
+            lora[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(lora, str(out / EXTRAS["lora"]))
+    build_sdxl(out / EXTRAS["sdxl"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -95,11 +173,17 @@ def main() -> None:
     venv.add_argument("dir", nargs="?", type=Path, default=DEFAULT_VENV)
     model = commands.add_parser("model", help="the tiny SD1 diffusers folder (run with the venv's Python)")
     model.add_argument("out", type=Path)
+    extras = commands.add_parser("extras", help="a tiny SDXL folder and a ControlNet, T2I-Adapter and LoRA for the "
+                                                "tiny SD1 folder (run with the venv's Python)")
+    extras.add_argument("sd1", type=Path, help="the SD1 folder built by `model`")
+    extras.add_argument("out", type=Path)
     args = parser.parse_args()
     if args.command == "venv":
         build_venv(args.dir)
-    else:
+    elif args.command == "model":
         build_model(args.out)
+    else:
+        build_extras(args.sd1, args.out)
 
 
 if __name__ == "__main__":
