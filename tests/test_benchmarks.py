@@ -265,9 +265,11 @@ def test_schedulers_preset_orders_cells_and_names_the_scheduler():
 
     first_four = {"ays", "gits", "karras", "normal"}
     assert planned_schedules(preset, "unet")[("euler", 4, 1.0)] == first_four
-    assert planned_schedules(preset, "uvit")[("euler_a", 10, 4.0)] == first_four
-    assert planned_schedules(preset, "unet")[("deis", 6, 4.0)] == {"normal", "ays"}
-    assert ("deis", 6, 4.0) not in planned_schedules(preset, "uvit")
+    assert planned_schedules(preset, "uvit")[("euler_a", 4, 4.0)] == first_four
+    assert ("euler_a", 10, 4.0) not in planned_schedules(preset, "uvit")  # 6 and 10 steps: the U-Net only
+    assert planned_schedules(preset, "unet")[("euler_a", 10, 4.0)] == first_four
+    assert planned_schedules(preset, "unet")[("deis", 4, 4.0)] == {"normal", "ays"}
+    assert ("deis", 4, 4.0) not in planned_schedules(preset, "uvit")
 
 
 @pytest.mark.skipif(not HAVE_SCIPY, reason="scipy is not installed")
