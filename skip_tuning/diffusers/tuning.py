@@ -172,8 +172,8 @@ def _selected(active, tuned: torch.Tensor, untouched: torch.Tensor) -> torch.Ten
     return torch.where(active.to(tuned.device, non_blocking=True), tuned, untouched)
 
 
-def _scaled(tensor: torch.Tensor, rho: float, traced_rho: torch.Tensor, active) -> torch.Tensor:
-    if _is_compiling():  # a graph input, whatever the factor (module docstring)
+def _scaled(tensor: torch.Tensor, rho: float, traced_rho: torch.Tensor, compiling: bool, active) -> torch.Tensor:
+    if compiling:  # a graph input, whatever the factor (module docstring)
         return _selected(active, tensor * traced_rho, tensor)
     return tensor if rho == 1.0 else _selected(active, tensor * rho, tensor)
 
@@ -203,10 +203,11 @@ def _skip_hook_maker(site: SkipSite, factors: tuple, architecture: str) -> Calla
                             "differently, so its skips are left unscaled", architecture,
                             len(value) if isinstance(value, (tuple, list)) else type(value).__name__, len(factors))
                     return None
-                scaled = tuple(_scaled(skip, rho, traced, active)
+                compiling = _is_compiling()
+                scaled = tuple(_scaled(skip, rho, traced, compiling, active)
                                for skip, rho, traced in zip(value, factors, traced_factors))
             else:
-                scaled = _scaled(value, factors[0], traced_factors[0], active)
+                scaled = _scaled(value, factors[0], traced_factors[0], _is_compiling(), active)
             if in_kwargs:
                 return args, {**kwargs, site.argument: scaled}
             return (*args[:site.position], scaled, *args[site.position + 1:]), kwargs

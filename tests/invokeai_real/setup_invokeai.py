@@ -60,27 +60,42 @@ def byte_level_vocabulary() -> dict:
     return {token: index for index, token in enumerate(tokens)}
 
 
+def tiny_text_config(vocabulary: dict, width: int):
+    """A 2-layer CLIP text encoder of ``width`` over the byte-level vocabulary."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=len(vocabulary), hidden_size=width, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=width // 64, max_position_embeddings=77, projection_dim=width,
+                          bos_token_id=vocabulary["<|startoftext|>"], eos_token_id=vocabulary["<|endoftext|>"],
+                          pad_token_id=1)
+
+
+def tiny_vae(**config):
+    """A 4-level VAE (8x downscale) with 8 channels."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        **config)
+
+
 def build_model(out: Path) -> None:
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
     out.mkdir(parents=True, exist_ok=True)
     vocabulary = byte_level_vocabulary()
     tokenizer = CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=77)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(vocabulary), hidden_size=768, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
-        bos_token_id=vocabulary["<|startoftext|>"], eos_token_id=vocabulary["<|endoftext|>"], pad_token_id=1))
+    text_encoder = CLIPTextModel(tiny_text_config(vocabulary, 768))
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 32, 64, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=768, attention_head_dim=8, norm_num_groups=8)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    vae = tiny_vae()
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
     pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -101,18 +116,11 @@ def build_sdxl(out: Path) -> None:
     zeros of the encoder's hidden size, a prompt to its projection: both must be the 1280 the U-Net expects),
     with 2 layers over the byte-level vocabulary."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(0)
     vocabulary = byte_level_vocabulary()
-
-    def text_config(width: int) -> CLIPTextConfig:
-        return CLIPTextConfig(vocab_size=len(vocabulary), hidden_size=width, intermediate_size=128,
-                              num_hidden_layers=2, num_attention_heads=width // 64, max_position_embeddings=77,
-                              projection_dim=width, bos_token_id=vocabulary["<|startoftext|>"],
-                              eos_token_id=vocabulary["<|endoftext|>"], pad_token_id=1)
-
     pooled_width, time_width = 1280, 8
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64, 64),
@@ -121,15 +129,12 @@ def build_sdxl(out: Path) -> None:
         attention_head_dim=(2, 4, 4), use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=time_width, projection_class_embeddings_input_dim=pooled_width + 6 * time_width,
         norm_num_groups=8)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        scaling_factor=0.13025)
+    vae = tiny_vae(scaling_factor=0.13025)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
     pipeline = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=CLIPTextModel(text_config(768)),
-        text_encoder_2=CLIPTextModelWithProjection(text_config(pooled_width)),
+        vae=vae, text_encoder=CLIPTextModel(tiny_text_config(vocabulary, 768)),
+        text_encoder_2=CLIPTextModelWithProjection(tiny_text_config(vocabulary, pooled_width)),
         tokenizer=CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=77),
         tokenizer_2=CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=77), unet=unet, scheduler=scheduler)
     pipeline.save_pretrained(str(out))
