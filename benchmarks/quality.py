@@ -98,8 +98,9 @@ def screen_and_confirm(samplers, schedulers, steps, cfgs, tier: int, models=None
 def schedulers_stages():
     """The schedulers preset, most important question first: does Skip Tuning still gain on the optimized
     schedules (AlignYourSteps, GITS), against karras and normal, and is the best rho the same? Cut to what a few
-    hours on 2 cores can hold: 4 steps everywhere; 6 and 10 steps screened on the U-Net only, last; the newer
-    samplers with normal and AlignYourSteps only, at 4 steps."""
+    hours on 2 cores can hold: 4 steps everywhere; 6 and 10 steps on the U-Net, and on the other two models for the
+    optimized schedules without guidance only, last; the newer samplers with normal and AlignYourSteps only, at 4
+    steps."""
     first = ["ays", "gits", "karras", "normal"]
     others = list(OTHER_KSAMPLER_SCHEDULERS)
     return [
@@ -115,6 +116,8 @@ def schedulers_stages():
         *screen_and_confirm(NEWER_SAMPLERS, ["normal", "ays"], [4], [1.0, 4.0], tier=5, models=["unet"]),
         # Tier 6: does the answer move with more steps (U-Net)?
         *screen_and_confirm(TABLE_SAMPLERS, first, [6, 10], [1.0, 4.0], tier=6, models=["unet"]),
+        # Tier 7: do the optimized schedules keep the gain at 6 and 10 steps where it held at 4 (no guidance)?
+        *screen_and_confirm(TABLE_SAMPLERS, ["ays", "gits"], [6, 10], [1.0], tier=7, models=["uvit", "wide_unet"]),
     ]
 
 
