@@ -71,6 +71,8 @@ DEFAULT_SCHEDULER = "normal"  # KSampler's default; its keys carry no scheduler,
 # schedule, GITS), the presets table's sampler families and the newer samplers, at 4, 6 and 10 steps.
 SCHEDULER_RHOS = (0.6, 0.8, 0.9, 1.0, 1.1)
 TABLE_SAMPLERS = ("euler", "dpmpp_2m", "euler_a")
+# The schedules the first tiers compare: the optimized ones against KSampler's default and karras.
+COMPARED_SCHEDULERS = ("ays", "gits", "karras", "normal")
 OTHER_KSAMPLER_SCHEDULERS = ("exponential", "sgm_uniform", "beta", "kl_optimal")
 NEWER_SAMPLERS = ("dpmpp_2m_sde", "unipc_bh2", "deis", "res_multistep", "ipndm", "er_sde", "euler_cfg_pp",
                   "dpmpp_2m_cfg_pp")
@@ -101,7 +103,7 @@ def schedulers_stages():
     hours on 2 cores can hold: 4 steps everywhere; 6 and 10 steps on the U-Net, and on the other two models for the
     optimized schedules without guidance only, last; the newer samplers with normal and AlignYourSteps only, at 4
     steps."""
-    first = ["ays", "gits", "karras", "normal"]
+    first = list(COMPARED_SCHEDULERS)
     others = list(OTHER_KSAMPLER_SCHEDULERS)
     return [
         # Tier 1: the U-Net, the table's sampler families, 4 schedules, 4 steps (where the gains are).

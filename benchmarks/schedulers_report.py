@@ -21,7 +21,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import REPO_ROOT  # noqa: E402
 from _stats import Reference, paired_bootstrap, paired_interval, paired_verdict, reference  # noqa: E402
-from quality import DEFAULT_SCHEDULER, PRESETS, default_store  # noqa: E402
+from quality import COMPARED_SCHEDULERS, DEFAULT_SCHEDULER, PRESETS, TABLE_SAMPLERS, default_store  # noqa: E402
 from quality_report import KEY, LABELS, N_BOOT, SAMPLER_ORDER, Store, describe_match, equal_quality_steps  # noqa: E402
 
 SCHEDULER_LABELS = {"normal": "normal", "karras": "karras", "exponential": "exponential",
@@ -219,6 +219,32 @@ class Report:
             self.out()
         return rows, pending
 
+    def at_a_glance(self, rows, pending):
+        """The table's samplers on the compared schedules, one line per model, CFG, sampler and step count."""
+        by = {(r["model"], r["scheduler"], r["sampler"], r["steps"], r["cfg"]): r for r in rows}
+        waiting = set(pending)
+        schedulers = [s for s in SCHEDULER_ORDER if s in COMPARED_SCHEDULERS]
+        cells = sorted({(k[0], k[4], k[2], k[3]) for k in by} | {(p[0], p[4], p[2], p[3]) for p in pending},
+                       key=lambda c: (list(self.models).index(c[0]), c[3], c[1], SAMPLER_ORDER.get(c[2], 99)))
+        self.out("| model | steps | CFG | sampler | " + " | ".join(SCHEDULER_LABELS[s] for s in schedulers) + " |")
+        self.out("|---|---:|---:|---|" + "---|" * len(schedulers))
+        for model, cfg, sampler, steps in cells:
+            if sampler not in TABLE_SAMPLERS:
+                continue
+            texts = []
+            for scheduler in schedulers:
+                r = by.get((model, scheduler, sampler, steps, cfg))
+                if r is None:
+                    texts.append("pending" if (model, scheduler, sampler, steps, cfg) in waiting else "-")
+                    continue
+                delta = f"{r['fd_tuned'] - r['fd_plain']:+.1f}"
+                if r["verdict"] != "no significant difference":
+                    delta = f"**{delta} ({r['lo']:+.1f} to {r['hi']:+.1f})**"
+                texts.append(f"{r['fd_plain']:.1f}; {r['rho']:.1f}: {delta}")
+            self.out(f"| {MODEL_NAMES.get(model, model)} | {steps} | {cfg:g} | {LABELS.get(sampler, sampler)} | "
+                     + " | ".join(texts) + " |")
+        self.out()
+
     def same_rho(self, rows):
         """Is the best rho_bottom on each schedule the one on normal (and on the same side of 1)?"""
         by_cell = {}
@@ -325,6 +351,13 @@ class Report:
             all_pending += [(name, *p) for p in pending]
         self.data["cells"] = all_rows
         self.data["pending"] = all_pending
+
+        self.out("### At a glance: the table's samplers on the compared schedules, all models")
+        self.out()
+        self.out("The cells above, one line each: plain FD; the best `rho_bottom`: delta FD, with its interval where "
+                 "it excludes 0 (bold). \"-\": not in the grid.")
+        self.out()
+        self.at_a_glance(all_rows, all_pending)
 
         self.out("### Is the best rho_bottom the same as with `normal`?")
         self.out()
