@@ -72,6 +72,15 @@ def planned_schedules(preset: dict, model: str) -> dict:
     return planned
 
 
+def grid_cells(preset: dict, model: str) -> set:
+    """(scheduler, sampler, steps, cfg) of every cell the preset screens on ``model``, in any tier."""
+    return {(scheduler, sampler, steps, float(cfg))
+            for stage in preset["stages"]
+            if stage["blocks"] == [SCREEN] and model in stage.get("models", preset.get("models", ["unet"]))
+            for scheduler in stage.get("schedulers", [DEFAULT_SCHEDULER]) for sampler in stage["samplers"]
+            for steps in stage["steps"] for cfg in stage["cfgs"]}
+
+
 class ModelResults:
     """One model's store, read scheduler by scheduler; ``planned`` (see planned_schedules) says which schedules a
     cell waits for before it is compared across schedules (default: those screened there)."""
@@ -183,8 +192,9 @@ def delta_text(r, bold=True) -> str:
 
 
 class Report:
-    def __init__(self, models: dict):
+    def __init__(self, models: dict, grid: dict | None = None):
         self.models = models  # name -> ModelResults
+        self.grid = grid  # name -> grid_cells(), to tell a cell left out of the grid from one not run yet
         self.lines = []
         self.data = {}
 
@@ -211,13 +221,18 @@ class Report:
                             pending.append((scheduler, sampler, steps, cfg))
                             texts.append("pending")
                         else:
-                            texts.append("not run yet")
+                            texts.append(self.absent(name, scheduler, sampler, steps, cfg))
                         continue
                     rows.append(r)
                     texts.append(f"{r['fd_plain']:.1f}; {r['rho']:.2f}: {delta_text(r)}")
                 self.out(f"| {LABELS.get(sampler, sampler)} | {steps} | " + " | ".join(texts) + " |")
             self.out()
         return rows, pending
+
+    def absent(self, model, scheduler, sampler, steps, cfg) -> str:
+        if self.grid is None or (scheduler, sampler, steps, float(cfg)) in self.grid.get(model, ()):
+            return "not run yet"
+        return "-"
 
     def at_a_glance(self, rows, pending):
         """The table's samplers on the compared schedules, one line per model, CFG, sampler and step count."""
@@ -235,7 +250,8 @@ class Report:
             for scheduler in schedulers:
                 r = by.get((model, scheduler, sampler, steps, cfg))
                 if r is None:
-                    texts.append("pending" if (model, scheduler, sampler, steps, cfg) in waiting else "-")
+                    texts.append("pending" if (model, scheduler, sampler, steps, cfg) in waiting
+                                 else self.absent(model, scheduler, sampler, steps, cfg))
                     continue
                 delta = f"{r['fd_tuned'] - r['fd_plain']:+.1f}"
                 if r["verdict"] != "no significant difference":
@@ -343,7 +359,7 @@ class Report:
         self.out()
         self.out("Each cell: plain FD on the fresh block; the screen's best `rho_bottom` != 1: delta FD = tuned - "
                  "plain (95% paired-bootstrap interval), **bold** where it excludes 0. \"pending\": screened, not "
-                 "yet confirmed.")
+                 "yet confirmed; \"-\": not in the grid.")
         self.out()
         for name, m in self.models.items():
             rows, pending = self.gains(name, m)
@@ -355,7 +371,7 @@ class Report:
         self.out("### At a glance: the table's samplers on the compared schedules, all models")
         self.out()
         self.out("The cells above, one line each: plain FD; the best `rho_bottom`: delta FD, with its interval where "
-                 "it excludes 0 (bold). \"-\": not in the grid.")
+                 "it excludes 0 (bold). \"-\": not in the grid; \"not run yet\": in the grid, not screened yet.")
         self.out()
         self.at_a_glance(all_rows, all_pending)
 
@@ -547,7 +563,7 @@ def main(argv=None) -> int:
         path = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
         if os.path.isdir(os.path.join(path, "samples")):
             models[name] = ModelResults(path, ref, planned=planned_schedules(preset, name))
-    report = Report(models)
+    report = Report(models, {name: grid_cells(preset, name) for name in models})
     rows, _ = report.run()
     paths = {}
     for pair in args.stores:

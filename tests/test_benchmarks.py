@@ -266,10 +266,17 @@ def test_schedulers_preset_orders_cells_and_names_the_scheduler():
     first_four = {"ays", "gits", "karras", "normal"}
     assert planned_schedules(preset, "unet")[("euler", 4, 1.0)] == first_four
     assert planned_schedules(preset, "uvit")[("euler_a", 4, 4.0)] == first_four
-    assert ("euler_a", 10, 4.0) not in planned_schedules(preset, "uvit")  # 6 and 10 steps: the U-Net only
+    assert ("euler_a", 10, 4.0) not in planned_schedules(preset, "uvit")  # guided 6 and 10 steps: the U-Net only
+    assert planned_schedules(preset, "uvit")[("euler_a", 10, 1.0)] == {"ays", "gits"}  # tier 7
     assert planned_schedules(preset, "unet")[("euler_a", 10, 4.0)] == first_four
     assert planned_schedules(preset, "unet")[("deis", 4, 4.0)] == {"normal", "ays"}
     assert ("deis", 4, 4.0) not in planned_schedules(preset, "uvit")
+    # a table tells a cell left out of the grid from one not run yet
+    from schedulers_report import grid_cells
+
+    grid = grid_cells(preset, "uvit")
+    assert ("gits", "dpmpp_2m", 10, 1.0) in grid and ("normal", "dpmpp_2m", 10, 1.0) not in grid
+    assert ("kl_optimal", "euler", 4, 1.0) in grid_cells(preset, "unet") and ("kl_optimal", "euler", 4, 1.0) not in grid
 
 
 @pytest.mark.skipif(not HAVE_SCIPY, reason="scipy is not installed")
