@@ -54,31 +54,31 @@ def schedulers_in(path: str) -> list:
     return sorted(found, key=lambda s: SCHEDULER_ORDER.index(s) if s in SCHEDULER_ORDER else len(SCHEDULER_ORDER))
 
 
+def screened_cells(preset: dict, model: str):
+    """(tier, scheduler, sampler, steps, cfg) of every screen the preset runs on ``model``."""
+    for stage in preset["stages"]:
+        if stage["blocks"] != [SCREEN] or model not in stage.get("models", preset.get("models", ["unet"])):
+            continue
+        for scheduler in stage.get("schedulers", [DEFAULT_SCHEDULER]):
+            for sampler in stage["samplers"]:
+                for steps in stage["steps"]:
+                    for cfg in stage["cfgs"]:
+                        yield stage.get("tier", 0), scheduler, sampler, steps, float(cfg)
+
+
 def planned_schedules(preset: dict, model: str) -> dict:
     """(sampler, steps, cfg) -> the schedules the preset screens there on ``model`` in the first tier that has the
     cell: a comparison across schedules waits for those, and takes in the later tiers' as they come."""
     planned, first_tier = {}, {}
-    for stage in preset["stages"]:
-        if stage["rhos"] == "best" or model not in stage.get("models", preset.get("models", ["unet"])):
-            continue
-        if stage["blocks"] != [SCREEN]:
-            continue
-        for sampler in stage["samplers"]:
-            for steps in stage["steps"]:
-                for cfg in stage["cfgs"]:
-                    cell = (sampler, steps, float(cfg))
-                    if first_tier.setdefault(cell, stage.get("tier", 0)) == stage.get("tier", 0):
-                        planned.setdefault(cell, set()).update(stage.get("schedulers", [DEFAULT_SCHEDULER]))
+    for tier, scheduler, *cell in screened_cells(preset, model):
+        if first_tier.setdefault(tuple(cell), tier) == tier:
+            planned.setdefault(tuple(cell), set()).add(scheduler)
     return planned
 
 
 def grid_cells(preset: dict, model: str) -> set:
     """(scheduler, sampler, steps, cfg) of every cell the preset screens on ``model``, in any tier."""
-    return {(scheduler, sampler, steps, float(cfg))
-            for stage in preset["stages"]
-            if stage["blocks"] == [SCREEN] and model in stage.get("models", preset.get("models", ["unet"]))
-            for scheduler in stage.get("schedulers", [DEFAULT_SCHEDULER]) for sampler in stage["samplers"]
-            for steps in stage["steps"] for cfg in stage["cfgs"]}
+    return {tuple(cell) for _, *cell in screened_cells(preset, model)}
 
 
 class ModelResults:
